@@ -1,0 +1,420 @@
+"""Data sources → one in-memory dataset type.
+
+Every source (`parquet:`, `torchvision:`, `folder:`, `builtin:`) is loaded into :class:`ImageDataset`:
+float32 images N×C×H×W in pixel scale (real images lie in [0, 1]), int64 labels, class names,
+per-channel mean and std (used to normalise for training), optional per-example weights, the index of
+each example in its source, and a content digest for provenance.
+
+Source strings:
+- ``parquet:PATH``: a Parquet file in the Hugging Face image layout (an ``image`` struct with encoded
+  bytes, a ``label`` column, class names in the ``huggingface`` schema metadata), a directory holding
+  ``train.parquet``/``test.parquet``, or a reduced-dataset file written by :mod:`core.store`.
+- ``torchvision:NAME`` with NAME one of mnist, fashion_mnist, cifar10, cifar100, svhn
+  (``data_root``; downloads when ``download=True``).
+- ``folder:PATH``: an ImageFolder tree, either ``train/`` and ``test/`` inside or a single split.
+- ``builtin:mnist-mini``: 500 train and 100 test images per class of MNIST, shipped with the package.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.errors import SmallsetError
+from core.registry import Registry
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "smallset_data"
+
+
+@dataclass
+class ImageDataset:
+    """Images and labels in memory; the one type every source, selector and condenser speaks."""
+
+    images: torch.Tensor  # float32 N×C×H×W, pixel scale (real images in [0, 1])
+    labels: torch.Tensor  # int64 N
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: torch.Tensor | None = None  # float32 N: per-example loss weights; None means all 1
+    source_index: torch.Tensor | None = None  # int64 N: row in the source; -1 for synthetic rows
+    encoded: list[bytes] | None = None  # the source's encoded image files (PNG/JPEG), when known
+    name: str = ""  # the source string this came from
+    meta: dict = field(default_factory=dict)  # the smallset block of a reduced-dataset file
+    _digest: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise SmallsetError(f"Images must be N×C×H×W; got shape {tuple(self.images.shape)}.")
+        n = self.images.shape[0]
+        if self.labels.shape != (n,):
+            raise SmallsetError(f"Expected {n} labels, got shape {tuple(self.labels.shape)}.")
+        for name in ("weights", "source_index"):
+            t = getattr(self, name)
+            if t is not None and t.shape != (n,):
+                raise SmallsetError(f"Expected {n} {name}, got shape {tuple(t.shape)}.")
+        if self.encoded is not None and len(self.encoded) != n:
+            raise SmallsetError(f"Expected {n} encoded images, got {len(self.encoded)}.")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise SmallsetError("mean and std need one value per image channel.")
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise SmallsetError(
+                f"Labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes."
+            )
+
+    # --- shape -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """Indices of the examples of each class, in dataset order."""
+        return [torch.nonzero(self.labels == c, as_tuple=True)[0] for c in range(self.num_classes)]
+
+    def effective_weights(self) -> torch.Tensor:
+        return self.weights if self.weights is not None else torch.ones(len(self), dtype=torch.float32)
+
+    # --- views -----------------------------------------------------------------------------
+    def normalized(self) -> torch.Tensor:
+        """Images in the normalised space the models train in: (x − mean) / std per channel."""
+        mean = torch.tensor(self.mean, dtype=self.images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=self.images.dtype).view(1, -1, 1, 1)
+        return (self.images - mean) / std
+
+    def subset(self, indices: torch.Tensor, weights: torch.Tensor | None = None) -> "ImageDataset":
+        """The examples at ``indices`` (source order kept as given), remembering where they came from."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        base = self.source_index if self.source_index is not None else torch.arange(len(self))
+        return ImageDataset(
+            images=self.images[indices],
+            labels=self.labels[indices],
+            classes=list(self.classes),
+            mean=self.mean,
+            std=self.std,
+            weights=None if weights is None else torch.as_tensor(weights, dtype=torch.float32),
+            source_index=base[indices],
+            encoded=None if self.encoded is None else [self.encoded[i] for i in indices.tolist()],
+            name=self.name,
+        )
+
+    # --- provenance ------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """sha256 over the labels, pixels and weights: equal content gives an equal digest."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            h.update(json.dumps([list(self.images.shape), self.classes]).encode())
+            h.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+            h.update(self.images.to(torch.float32).contiguous().numpy().tobytes())
+            if self.weights is not None:
+                h.update(self.weights.to(torch.float32).contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def same_content(self, other: "ImageDataset") -> bool:
+        """Exact equality of everything a reduced dataset stores (pixels bit for bit)."""
+        def eq(a, b):
+            if a is None or b is None:
+                return a is None and b is None
+            return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+        return (
+            eq(self.images, other.images)
+            and eq(self.labels, other.labels)
+            and eq(self.weights, other.weights)
+            and eq(self.source_index, other.source_index)
+            and self.classes == other.classes
+            and tuple(self.mean) == tuple(other.mean)
+            and tuple(self.std) == tuple(other.std)
+        )
+
+
+@dataclass
+class Source:
+    """A loaded source: its id, the training split and (when it has one) the test split."""
+
+    id: str
+    train: ImageDataset
+    test: ImageDataset | None = None
+
+
+# --- decoding -----------------------------------------------------------------------------------
+def decode_images(blobs: list[bytes], what: str = "image") -> torch.Tensor:
+    """Decode encoded image files into a float32 N×C×H×W tensor in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not blobs:
+        raise SmallsetError(f"No images to decode in {what}.")
+
+    def one(i_blob):
+        i, blob = i_blob
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                if im.mode not in ("L", "RGB"):
+                    im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "I;16") else "L")
+                return np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError, TypeError) as e:
+            raise SmallsetError(f"Row {i} of {what} holds an image that cannot be decoded ({e}).") from None
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+        arrays = list(ex.map(one, enumerate(blobs), chunksize=512))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise SmallsetError(
+            f"The images of {what} differ in size or colour mode ({sorted(shapes)[:3]}…); resize them to one size first."
+        )
+    stacked = np.stack(arrays)
+    if stacked.ndim == 3:
+        stacked = stacked[:, None]
+    else:
+        stacked = stacked.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stacked)).float().div_(255.0)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of one C×H×W image in pixel scale (clamped to [0, 1], rounded to 8 bits)."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std over all pixels, rounded to 4 decimals."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+    mean = tuple(round(float(v), 4) for v in x.mean(1))
+    std = tuple(round(float(v), 4) for v in x.std(1, unbiased=False).clamp_min(1e-3))
+    return mean, std
+
+
+# --- sources --------------------------------------------------------------------------------------
+SOURCES: Registry[Callable[..., Source]] = Registry("source type")
+
+
+def load_source(spec: str, data_root: str | os.PathLike | None = None, download: bool = True) -> Source:
+    """Load ``TYPE:ARGUMENT`` (see the module docstring) into memory."""
+    if ":" not in spec:
+        raise SmallsetError(
+            f"Source {spec!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet, "
+            f"torchvision:cifar10, folder:images/ or builtin:mnist-mini (types: {', '.join(SOURCES.names())})."
+        )
+    kind, arg = spec.split(":", 1)
+    loader = SOURCES.get(kind)
+    return loader(arg, spec=spec, data_root=data_root, download=download)
+
+
+def load_train_test(spec: str, **kw) -> tuple[ImageDataset, ImageDataset | None]:
+    src = load_source(spec, **kw)
+    return src.train, src.test
+
+
+# parquet -------------------------------------------------------------------------------------------
+def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> ImageDataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core import store
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
+    smallset_meta = store.read_metadata_from_schema(table.schema)
+    if smallset_meta is not None:
+        return store.table_to_dataset(table, smallset_meta, path=path, name=spec)
+    cols = set(table.column_names)
+    if "image" not in cols or "label" not in cols:
+        raise SmallsetError(
+            f"{path} has columns {sorted(cols)}, but a dataset needs an 'image' column (encoded bytes) "
+            f"and a 'label' column."
+        )
+    image_col = table.column("image").combine_chunks()
+    if pa.types.is_struct(image_col.type):
+        blobs = image_col.field("bytes").to_pylist()
+    elif pa.types.is_binary(image_col.type) or pa.types.is_large_binary(image_col.type):
+        blobs = image_col.to_pylist()
+    else:
+        raise SmallsetError(f"The 'image' column of {path} must hold encoded image bytes; it is {image_col.type}.")
+    if any(b is None for b in blobs):
+        raise SmallsetError(f"{path} has rows with no image bytes.")
+    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    images = decode_images(blobs, what=str(path))
+    classes = _class_names_from_hf(table.schema, int(labels.max()) + 1 if len(labels) else 0)
+    mean, std = stats if stats is not None else channel_stats(images)
+    return ImageDataset(images, labels, classes, mean, std, encoded=blobs, name=spec,
+                        source_index=torch.arange(len(labels)))
+
+
+def _class_names_from_hf(schema, n_from_labels: int) -> list[str]:
+    meta = schema.metadata or {}
+    raw = meta.get(b"huggingface")
+    if raw:
+        try:
+            feats = json.loads(raw)["info"]["features"]["label"]
+            names = feats.get("names")
+            if names:
+                return [str(n) for n in names]
+        except (KeyError, TypeError, ValueError):
+            pass
+    return [str(i) for i in range(n_from_labels)]
+
+
+@SOURCES.register("parquet")
+def _parquet_source(arg: str, spec: str, **_) -> Source:
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise SmallsetError(f"No such file or directory: {path}; give an existing Parquet file or directory.")
+    if path.is_dir():
+        train_p, test_p = path / "train.parquet", path / "test.parquet"
+        if not train_p.exists():
+            raise SmallsetError(f"{path} is a directory without train.parquet; point at a file or such a directory.")
+        train = _read_hf_parquet(train_p, spec)
+        test = _read_hf_parquet(test_p, spec, stats=(train.mean, train.std)) if test_p.exists() else None
+        return Source(spec, train, test)
+    ds = _read_hf_parquet(path, spec)
+    test = None
+    sibling = path.with_name("test.parquet")
+    if path.name == "train.parquet" and sibling.exists():
+        test = _read_hf_parquet(sibling, spec, stats=(ds.mean, ds.std))
+    elif ds.meta.get("source"):
+        # A reduced dataset: its test split is the test split of the source it was made from.
+        try:
+            parent = load_source(ds.meta["source"])
+            test = parent.test
+        except SmallsetError:
+            test = None
+    return Source(spec, ds, test)
+
+
+@SOURCES.register("builtin")
+def _builtin_source(arg: str, spec: str, **_) -> Source:
+    known = sorted({p.name.rsplit("-", 1)[0] for p in BUILTIN_DIR.glob("*-train.parquet")})
+    if arg not in known:
+        raise SmallsetError(f"Unknown builtin dataset {arg!r}; builtin datasets: {', '.join(known) or 'none'}.")
+    train = _read_hf_parquet(BUILTIN_DIR / f"{arg}-train.parquet", spec)
+    test = _read_hf_parquet(BUILTIN_DIR / f"{arg}-test.parquet", spec, stats=(train.mean, train.std))
+    return Source(spec, train, test)
+
+
+# folder --------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _read_image_folder(root: Path, spec: str, classes: list[str] | None = None, stats=None) -> ImageDataset:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    names = classes or [p.name for p in class_dirs]
+    if not class_dirs:
+        raise SmallsetError(f"{root} has no class sub-directories; an image folder holds one directory per class.")
+    blobs, labels = [], []
+    for d in class_dirs:
+        if d.name not in names:
+            raise SmallsetError(f"Class directory {d} does not exist in the training split.")
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                blobs.append(f.read_bytes())
+                labels.append(names.index(d.name))
+    if not blobs:
+        raise SmallsetError(f"No image files under {root}.")
+    images = decode_images(blobs, what=str(root))
+    mean, std = stats if stats is not None else channel_stats(images)
+    return ImageDataset(images, torch.tensor(labels), names, mean, std, encoded=blobs, name=spec,
+                        source_index=torch.arange(len(labels)))
+
+
+@SOURCES.register("folder")
+def _folder_source(arg: str, spec: str, **_) -> Source:
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise SmallsetError(f"No such directory: {root}; folder: needs an ImageFolder tree.")
+    if (root / "train").is_dir():
+        train = _read_image_folder(root / "train", spec)
+        test = None
+        if (root / "test").is_dir():
+            test = _read_image_folder(root / "test", spec, classes=train.classes, stats=(train.mean, train.std))
+        return Source(spec, train, test)
+    return Source(spec, _read_image_folder(root, spec))
+
+
+# torchvision ---------------------------------------------------------------------------------------
+TORCHVISION_SETS = {
+    # name: (class, split keyword style)
+    "mnist": ("MNIST", "train"),
+    "fashion_mnist": ("FashionMNIST", "train"),
+    "cifar10": ("CIFAR10", "train"),
+    "cifar100": ("CIFAR100", "train"),
+    "svhn": ("SVHN", "split"),
+}
+
+
+def _tv_split(name: str, root: str, train: bool, download: bool):
+    import torchvision
+
+    cls_name, style = TORCHVISION_SETS[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    kw = {"train": train} if style == "train" else {"split": "train" if train else "test"}
+    try:
+        return cls(root=root, download=download, **kw)
+    except (RuntimeError, OSError) as e:
+        raise SmallsetError(
+            f"Could not load torchvision {name} from {root} ({e}); pass --data-root where it is stored, "
+            f"or run online so it can be downloaded."
+        ) from None
+
+
+def _tv_to_tensor(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    data = ds.data
+    data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if data.ndim == 3:  # N×H×W grey
+        data = data[:, None]
+    elif data.shape[-1] == 3:  # N×H×W×C
+        data = data.transpose(0, 3, 1, 2)
+    labels = getattr(ds, "targets", None)
+    if labels is None:
+        labels = ds.labels
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return torch.from_numpy(np.ascontiguousarray(data)).float().div_(255.0), labels
+
+
+@SOURCES.register("torchvision")
+def _torchvision_source(arg: str, spec: str, data_root=None, download: bool = True, **_) -> Source:
+    name = arg.lower()
+    if name not in TORCHVISION_SETS:
+        raise SmallsetError(f"Unknown torchvision dataset {arg!r}; supported: {', '.join(TORCHVISION_SETS)}.")
+    root = str(data_root or os.environ.get("SMALLSET_DATA_ROOT", "~/.cache/smallset/torchvision"))
+    root = os.path.expanduser(root)
+    tr, te = _tv_split(name, root, True, download), _tv_split(name, root, False, download)
+    xtr, ytr = _tv_to_tensor(tr)
+    xte, yte = _tv_to_tensor(te)
+    classes = [str(c) for c in getattr(tr, "classes", [])] or [str(i) for i in range(int(ytr.max()) + 1)]
+    mean, std = channel_stats(xtr)
+    train = ImageDataset(xtr, ytr, classes, mean, std, name=spec, source_index=torch.arange(len(ytr)))
+    test = ImageDataset(xte, yte, classes, mean, std, name=spec)
+    return Source(spec, train, test)
+
+
+def with_weights(ds: ImageDataset, weights: torch.Tensor | None) -> ImageDataset:
+    return replace(ds, weights=weights, _digest=None)

@@ -1,0 +1,191 @@
+"""Model registry: ``convnet`` (ConvNet-3 of the condensation papers), ``mlp``, ``lenet``, ``resnet18``.
+
+Every model takes normalised N×C×H×W images and returns logits, and exposes ``embed(x)``: the
+penultimate features (what herding, k-center and DM work on) and ``classifier`` (the last linear layer,
+whose input is ``embed(x)``; GEDA's and CREST's last-layer gradients use it).
+
+    model = create_model("convnet", channels=1, num_classes=10, image_size=(28, 28), width=64)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.errors import SmallsetError
+from core.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def create_model(name: str, channels: int, num_classes: int, image_size: tuple[int, int], **kwargs) -> nn.Module:
+    """Build a freshly initialised model; ``kwargs`` are the model's own options (e.g. width)."""
+    factory = MODELS.get(name)
+    try:
+        return factory(channels=channels, num_classes=num_classes, image_size=tuple(image_size), **kwargs)
+    except TypeError as e:
+        raise SmallsetError(f"Bad options for model {name!r}: {e}.") from None
+
+
+def model_names() -> list[str]:
+    return MODELS.names()
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    norms = {
+        # Instance norm as in the papers: GroupNorm with one group per channel, affine (§1.3).
+        "instancenorm": lambda: nn.GroupNorm(c, c, affine=True),
+        "batchnorm": lambda: nn.BatchNorm2d(c),
+        "layernorm": lambda: nn.GroupNorm(1, c, affine=True),
+        "groupnorm": lambda: nn.GroupNorm(4, c, affine=True),
+        "none": lambda: nn.Identity(),
+    }
+    if kind not in norms:
+        raise SmallsetError(f"Unknown norm {kind!r}; choose one of {', '.join(norms)}.")
+    return norms[kind]()
+
+
+class ConvNet(nn.Module):
+    """ConvNet-D of DC/DSA/DM/CAFE (condensation-methods.md §1.3).
+
+    Per block: Conv3×3(width) → norm → ReLU → AvgPool2×2; then flatten → Linear. With a 1-channel 28×28
+    input the first conv pads by 3 so the map is 32×32 and the feature size matches the 3-channel case
+    (2048 for width 128, depth 3). Defaults reproduce the paper's net: width 128, depth 3, instance norm.
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), width: int = 128, depth: int = 3,
+                 norm: str = "instancenorm"):
+        super().__init__()
+        h, w = image_size
+        pad0 = 3 if (channels == 1 and (h, w) == (28, 28)) else 1
+        if pad0 == 3:
+            h, w = 32, 32
+        self.blocks = nn.ModuleList()
+        c_in = channels
+        for d in range(depth):
+            self.blocks.append(nn.Sequential(
+                nn.Conv2d(c_in, width, 3, padding=pad0 if d == 0 else 1),
+                _norm(norm, width),
+                nn.ReLU(inplace=True),
+            ))
+            c_in = width
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise SmallsetError(f"ConvNet depth {depth} is too deep for {image_size} images.")
+        self.feature_dim = width * h * w
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations used by CAFE (§5.1): each block after ReLU (before pooling), then the last pooled map."""
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+            x = F.avg_pool2d(x, 2)
+        outs.append(x)
+        return outs
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = F.avg_pool2d(block(x), 2)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    """Three fully connected layers with 128 hidden units (the condensation papers' MLP)."""
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), width: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * image_size[0] * image_size[1], width), nn.ReLU(inplace=True),
+            nn.Linear(width, width), nn.ReLU(inplace=True),
+        )
+        self.feature_dim = width
+        self.classifier = nn.Linear(width, num_classes)
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 (conv 6 → conv 16 → fc 120 → fc 84 → classes); 28×28 grey inputs are padded to 32×32."""
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32)):
+        super().__init__()
+        h, w = image_size
+        pad = 2 if (h, w) == (28, 28) else 0
+        if pad:
+            h, w = 32, 32
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+        if fh < 1 or fw < 1:
+            raise SmallsetError(f"LeNet needs images of at least 16×16, not {image_size}.")
+        self.fc = nn.Sequential(nn.Linear(16 * fh * fw, 120), nn.ReLU(inplace=True), nn.Linear(120, 84),
+                                nn.ReLU(inplace=True))
+        self.feature_dim = 84
+        self.classifier = nn.Linear(84, num_classes)
+
+    def embed(self, x):
+        return self.fc(self.features(x))
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 with the small-image stem (3×3 conv, stride 1, no max-pool) for 28–32 px inputs."""
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32)):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+        net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        self.classifier = net.fc
+        net.fc = nn.Identity()
+        self.body = net
+        self.feature_dim = 512
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+MODELS.register("convnet")(ConvNet)
+
+
+@MODELS.register("convnet-s")
+def convnet_small(channels: int, num_classes: int, image_size=(32, 32), **kwargs) -> ConvNet:
+    """ConvNet-3 at width 32: about 10× cheaper than width 128, for CPU demos and tests."""
+    kwargs.setdefault("width", 32)
+    return ConvNet(channels, num_classes, image_size, **kwargs)
+
+
+MODELS.register("mlp")(MLP)
+MODELS.register("lenet")(LeNet)
+MODELS.register("resnet18")(ResNet18)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SmallsetError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto.")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise SmallsetError(f"Unknown device {device!r}; use auto, cpu or cuda.")
+    return torch.device(device)

@@ -1,0 +1,248 @@
+"""Reduced-dataset Parquet files (the format is specified in docs/FORMAT.md).
+
+One file per reduced dataset, one row per example:
+
+- ``image``: Hugging Face image struct ``{bytes, path}``: the source's encoded bytes for pruned sets,
+  a PNG preview for synthetic images;
+- ``label`` (int64), ``weight`` (float32), ``source_index`` (int64, null for synthetic rows);
+- ``pixels`` (list<float32>, C·H·W values in pixel scale): the exact floats, for every row whose PNG
+  would not reproduce them (all synthetic rows); null otherwise.
+
+Schema metadata: ``huggingface`` (features, so HF ``datasets`` reads images and class names) and
+``smallset`` (JSON: method, kind, params, seed, source and its digest, protocol, created, version,
+mean, std, shape). Files are written to a temporary name beside the target and renamed into place,
+so a crash never leaves a partial file under the final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data import ImageDataset, decode_images, encode_png
+from core.errors import SmallsetError
+
+FORMAT_VERSION = 1
+SMALLSET_KEY = b"smallset"
+HF_KEY = b"huggingface"
+
+
+def smallset_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("smallset")
+    except Exception:  # pragma: no cover - running from a source tree without install
+        return "0+unknown"
+
+
+def build_metadata(
+    ds: ImageDataset,
+    *,
+    method: str,
+    kind: str,
+    params: dict,
+    seed: int,
+    source: str,
+    source_digest: str,
+    protocol: str | None = None,
+    extra: dict | None = None,
+) -> dict:
+    if kind not in ("prune", "distill"):
+        raise ValueError(f"kind must be prune or distill, not {kind!r}")
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "kind": kind,
+        "params": params,
+        "seed": seed,
+        "source": source,
+        "source_digest": source_digest,
+        "protocol": protocol,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "smallset_version": smallset_version(),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "shape": [ds.channels, *ds.image_size],
+        "classes": list(ds.classes),
+        **(extra or {}),
+    }
+
+
+def _hf_features(classes: list[str]) -> dict:
+    return {
+        "info": {
+            "features": {
+                "image": {"_type": "Image"},
+                "label": {"names": list(classes), "_type": "ClassLabel"},
+                "weight": {"dtype": "float32", "_type": "Value"},
+                "source_index": {"dtype": "int64", "_type": "Value"},
+                "pixels": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
+            }
+        }
+    }
+
+
+def _png_is_exact(image: torch.Tensor) -> bool:
+    q = (image.clamp(0, 1) * 255.0).round() / 255.0
+    return torch.equal(q.to(image.dtype), image)
+
+
+def dataset_to_table(ds: ImageDataset, meta: dict):
+    import pyarrow as pa
+
+    n = len(ds)
+    blobs: list[bytes] = []
+    pixels: list[np.ndarray | None] = []
+    src = ds.source_index
+    for i in range(n):
+        img = ds.images[i]
+        synthetic = src is None or int(src[i]) < 0
+        if ds.encoded is not None and not synthetic:
+            blobs.append(ds.encoded[i])
+            pixels.append(None)
+        else:
+            blobs.append(encode_png(img))
+            pixels.append(None if (not synthetic and _png_is_exact(img)) else img.float().reshape(-1).numpy())
+    weights = ds.effective_weights().to(torch.float32).numpy()
+    if src is None:
+        src_list = [None] * n
+    else:
+        src_list = [None if v < 0 else int(v) for v in src.tolist()]
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "image": pa.array([{"bytes": b, "path": None} for b in blobs], type=image_type),
+            "label": pa.array(ds.labels.tolist(), type=pa.int64()),
+            "weight": pa.array(weights, type=pa.float32()),
+            "source_index": pa.array(src_list, type=pa.int64()),
+            "pixels": pa.array(pixels, type=pa.list_(pa.float32())),
+        }
+    )
+    schema_meta = {
+        HF_KEY: json.dumps(_hf_features(ds.classes)).encode(),
+        SMALLSET_KEY: json.dumps(meta).encode(),
+    }
+    return table.replace_schema_metadata(schema_meta)
+
+
+def write_reduced(ds: ImageDataset, path: str | os.PathLike, meta: dict) -> Path:
+    """Write ``ds`` with metadata ``meta`` to ``path`` atomically; returns the final path."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise SmallsetError(f"{path} is a directory; --output needs a file name such as {path}/reduced.parquet.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = dataset_to_table(ds, meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata_from_schema(schema) -> dict | None:
+    raw = (schema.metadata or {}).get(SMALLSET_KEY)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise SmallsetError("The smallset metadata of this Parquet file is not valid JSON.") from None
+
+
+def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -> ImageDataset:
+    """Rebuild the in-memory dataset exactly as it was written."""
+    from core.data import _class_names_from_hf
+
+    missing = {"image", "label", "weight", "source_index", "pixels"} - set(table.column_names)
+    if missing:
+        raise SmallsetError(f"{path} is a smallset file missing the columns {sorted(missing)}; it is damaged.")
+    n = table.num_rows
+    shape = meta.get("shape")
+    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    blobs = table.column("image").combine_chunks().field("bytes").to_pylist()
+    pixels = table.column("pixels").to_pylist()
+    src_raw = table.column("source_index").to_pylist()
+    images = torch.empty((n, *shape), dtype=torch.float32) if n else torch.empty((0, *shape))
+    need_decode = [i for i in range(n) if pixels[i] is None]
+    if need_decode:
+        decoded = decode_images([blobs[i] for i in need_decode], what=str(path))
+        if tuple(decoded.shape[1:]) != tuple(shape):
+            raise SmallsetError(f"{path}: decoded images have shape {tuple(decoded.shape[1:])}, metadata says {shape}.")
+        images[need_decode] = decoded
+    for i in range(n):
+        if pixels[i] is not None:
+            images[i] = torch.tensor(pixels[i], dtype=torch.float32).reshape(shape)
+    weights = torch.from_numpy(table.column("weight").to_numpy().astype(np.float32, copy=True))
+    source_index = torch.tensor([-1 if v is None else v for v in src_raw], dtype=torch.int64)
+    classes = meta.get("classes") or _class_names_from_hf(table.schema, int(labels.max()) + 1)
+    # Only real rows keep their source bytes; synthetic rows get a fresh PNG preview on rewrite.
+    encoded = [b if s is not None and p is None else None for b, s, p in zip(blobs, src_raw, pixels)]
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        classes=list(classes),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        weights=weights,
+        source_index=source_index,
+        encoded=encoded if all(e is not None for e in encoded) else None,
+        name=name or f"parquet:{path}",
+        meta=meta,
+    )
+
+
+def read_reduced(path: str | os.PathLike) -> ImageDataset:
+    """Read a file written by :func:`write_reduced` back into the same in-memory dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise SmallsetError(f"No such file: {path}.")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
+    meta = read_metadata_from_schema(table.schema)
+    if meta is None:
+        raise SmallsetError(f"{path} is not a smallset reduced dataset (no smallset metadata); use it as parquet:{path}.")
+    return table_to_dataset(table, meta, path=path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The smallset metadata block of a reduced file, without reading the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise SmallsetError(f"No such file: {path}.")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
+    meta = read_metadata_from_schema(schema)
+    if meta is None:
+        raise SmallsetError(f"{path} has no smallset metadata; it was not written by smallset.")
+    return meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

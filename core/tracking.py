@@ -1,0 +1,183 @@
+"""MLflow logging: one run per reduced dataset, nested under a parent run for a compare.
+
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``;
+``MLFLOW_TRACKING_URI`` overrides it. Each run is logged in an experiment named after the source
+dataset, with params (method, budget, model, protocol, seed, hyperparameters), metrics (test accuracy
+mean/std, n_examples, fraction_of_source, selection_seconds, eval_train_seconds), tags (kind, method),
+the Parquet file as an artifact and as an MLflow dataset input carrying its digest, and a grid image.
+
+MLflow's fluent "active run" is per thread, so every function here opens the run it writes to
+explicitly (``run_id=`` / ``parent_run_id=``); nothing relies on an ambient run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from core.data import ImageDataset
+
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def configure() -> str:
+    """Point MLflow at the store (env or the local SQLite default) and return its URI."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def artifact_root() -> Path:
+    return Path(os.environ.get("SMALLSET_ARTIFACTS", Path.cwd() / "mlartifacts")).resolve()
+
+
+def experiment_id(name: str) -> str:
+    """The id of the experiment ``name``, created (with a local artifact root) if needed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_root().as_uri())
+    except MlflowException:  # created concurrently by another worker
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def experiment_name(source_id: str) -> str:
+    """Experiments are named after the source: ``builtin:mnist-mini`` → ``smallset builtin:mnist-mini``."""
+    return f"smallset {source_id}"
+
+
+@contextmanager
+def run(source_id: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None) -> Iterator[str]:
+    """Open (and finish) a run in the source's experiment; yields its run id."""
+    import mlflow
+
+    exp = experiment_id(experiment_name(source_id))
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, nested=parent_run_id is not None,
+                          parent_run_id=parent_run_id, tags=tags or {}) as r:
+        yield r.info.run_id
+
+
+def _flat(params: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def image_grid(ds: ImageDataset, per_class: int = 10) -> np.ndarray:
+    """An H×W×C uint8 grid: one row per class, up to ``per_class`` images each (pixel scale, clamped)."""
+    from torchvision.utils import make_grid
+
+    rows = []
+    blank = torch.zeros(ds.channels, *ds.image_size)
+    for idx in ds.class_indices():
+        imgs = [ds.images[i] for i in idx[:per_class].tolist()]
+        imgs += [blank] * (per_class - len(imgs))
+        rows.extend(imgs)
+    if not rows:
+        rows = [blank]
+    grid = make_grid(torch.stack(rows).clamp(0, 1), nrow=per_class, padding=2, pad_value=0.5)
+    arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()
+    return arr[:, :, :1].repeat(3, axis=2) if ds.channels == 1 else arr
+
+
+def log_reduced(
+    run_id: str,
+    *,
+    reduced: ImageDataset,
+    parquet_path: Path,
+    file_digest: str,
+    params: dict,
+    metrics: dict,
+    tags: dict,
+    metadata: dict,
+) -> None:
+    """Log one reduced dataset into an open or finished run (by id)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    client.log_batch(
+        run_id,
+        params=[mlflow.entities.Param(k, v) for k, v in _flat(params).items()],
+        metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None],
+        tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()],
+    )
+    client.log_artifact(run_id, str(parquet_path), artifact_path="dataset")
+    client.log_dict(run_id, metadata, "dataset/metadata.json")
+    client.log_image(run_id, image_grid(reduced), artifact_file="grid.png")
+    table = pd.DataFrame({
+        "label": reduced.labels.numpy(),
+        "weight": reduced.effective_weights().numpy(),
+        "source_index": (reduced.source_index if reduced.source_index is not None
+                         else torch.full((len(reduced),), -1)).numpy(),
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = mlflow.data.from_pandas(table, source=Path(parquet_path).resolve().as_uri(),
+                                     name=Path(parquet_path).stem, targets="label", digest=file_digest[:32])
+    client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(ds._to_mlflow_entity(), tags=[
+        mlflow.entities.InputTag("mlflow.data.context", "reduced"),
+        mlflow.entities.InputTag("sha256", file_digest),
+    ])])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    for k, v in metrics.items():
+        if v is not None:
+            client.log_metric(run_id, k, float(v), step=step)
+
+
+def log_series(run_id: str, name: str, values: list[float]) -> None:
+    """A curve (e.g. loss per epoch) as a stepped metric."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not values:
+        return
+    MlflowClient(tracking_uri()).log_batch(
+        run_id, metrics=[mlflow.entities.Metric(name, float(v), 0, i) for i, v in enumerate(values)])
+
+
+def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri()).log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path=artifact_path)
