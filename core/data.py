@@ -142,7 +142,7 @@ class ImageDataset:
         return (
             eq(self.images, other.images)
             and eq(self.labels, other.labels)
-            and eq(self.weights, other.weights)
+            and eq(self.effective_weights(), other.effective_weights())  # None means all 1
             and eq(self.source_index, other.source_index)
             and self.classes == other.classes
             and tuple(self.mean) == tuple(other.mean)

@@ -145,10 +145,10 @@ def log_reduced(
         warnings.simplefilter("ignore")
         ds = mlflow.data.from_pandas(table, source=Path(parquet_path).resolve().as_uri(),
                                      name=Path(parquet_path).stem, targets="label", digest=file_digest[:32])
-    client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(ds._to_mlflow_entity(), tags=[
-        mlflow.entities.InputTag("mlflow.data.context", "reduced"),
-        mlflow.entities.InputTag("sha256", file_digest),
-    ])])
+        client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(ds._to_mlflow_entity(), tags=[
+            mlflow.entities.InputTag("mlflow.data.context", "reduced"),
+            mlflow.entities.InputTag("sha256", file_digest),
+        ])])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -160,7 +160,7 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(iterator, desc="train", leave=False, unit="ep")
+        bar = tqdm(iterator, desc="train", leave=False, unit="ep", mininterval=0.5, disable=None)
         iterator = bar
     model.train()
     for ep in iterator:

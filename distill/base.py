@@ -107,7 +107,8 @@ class Condenser:
         if ctx.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(its, desc=self.name, unit="it", initial=start, total=total, leave=False)
+            bar = tqdm(its, desc=self.name, unit="it", initial=start, total=total, leave=False, mininterval=0.5,
+                       disable=None)
             its = bar
         t0 = time.perf_counter()
         for it in its:

@@ -116,7 +116,7 @@ def class_budgets(counts: list[int], fraction: float) -> list[int]:
     # No class disappears entirely: move a slot from the largest quota to an empty non-empty class.
     for c in range(len(counts)):
         if counts[c] > 0 and quota[c] == 0 and total >= sum(1 for n in counts if n > 0):
-            donor = max(range(len(counts)), key=lambda k: (quota[k], -k))
+            donor = max(range(len(counts)), key=lambda k: (quota[k], k))
             quota[donor] -= 1
             quota[c] += 1
     return [min(q, n) for q, n in zip(quota, counts)]

@@ -43,6 +43,40 @@ def tiny_dataset():
     return make_tiny_dataset
 
 
+def write_hf_parquet(ds: ImageDataset, path, class_names=True):
+    """Write ``ds`` in the Hugging Face image layout (PNG bytes, label, class names in metadata)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.data import encode_png
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "image": pa.array([{"bytes": encode_png(x), "path": None} for x in ds.images], type=image_type),
+        "label": pa.array(ds.labels.tolist(), type=pa.int64()),
+    })
+    if class_names:
+        feats = {"info": {"features": {"image": {"_type": "Image"},
+                                       "label": {"names": ds.classes, "_type": "ClassLabel"}}}}
+        table = table.replace_schema_metadata({b"huggingface": json.dumps(feats).encode()})
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture
+def tiny_parquet(tmp_path):
+    """A directory with train.parquet (3 classes × 20, 1×8×8, 8-bit pixels) and test.parquet (3 × 10)."""
+    d = tmp_path / "tinyset"
+    d.mkdir()
+    for split, n, seed in (("train", 20, 0), ("test", 10, 1)):
+        ds = make_tiny_dataset(n_per_class=n, seed=seed)
+        ds.images = (ds.images * 255).round() / 255
+        write_hf_parquet(ds, d / f"{split}.parquet")
+    return d
+
+
 @pytest.fixture(scope="session")
 def tmp_root():
     return _TMP
@@ -50,3 +84,12 @@ def tmp_root():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (its own SQLite, under this session's PREFECT_HOME) for all flow tests."""
+    from prefect.testing.utilities import prefect_test_harness  # lazy: importing it costs ~6 s
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,42 @@
+"""``prune_flow``: select a coreset from a source, evaluate it, write it to Parquet, log it to MLflow."""
+from __future__ import annotations
+
+import flows.settings  # noqa: F401  (environment defaults before Prefect loads)
+from prefect import flow
+
+from tasks import steps
+from tasks.prefect_tasks import cell_task, load_source_task, score_task
+
+
+@flow(name="prune", log_prints=True)
+def prune_flow(
+    source: str = "builtin:mnist-mini",
+    method: str = "random",
+    fraction: float = 0.1,
+    seed: int = 0,
+    model: str = "convnet",
+    model_kwargs: dict | None = None,
+    eval_model: str | None = None,
+    protocol: str = "quick",
+    eval_augment: str = "none",
+    eval_epochs: int | None = None,
+    eval_runs: int = 3,
+    device: str = "auto",
+    params: dict | None = None,
+    output: str | None = None,
+    no_eval: bool = False,
+    data_root: str | None = None,
+    progress: bool = False,
+) -> dict:
+    spec = steps.CellSpec(
+        method=method, budget=steps.Budget(fraction=fraction), seed=seed, model=model,
+        model_kwargs=model_kwargs or {}, eval_model=eval_model, protocol=protocol, eval_augment=eval_augment,
+        eval_epochs=eval_epochs, eval_runs=eval_runs, device=device, config=params or {}, no_eval=no_eval,
+        output=output, progress=progress,
+    )
+    if spec.kind != "prune":
+        raise steps.SmallsetError(f"{method} is a distillation method; run it with `smallset distill`.")
+    steps.validate(spec)
+    src = load_source_task(source, data_root)
+    scores, score_seconds = score_task(spec, src.train)
+    return cell_task(spec, src, scores=scores, score_seconds=score_seconds, output=output)

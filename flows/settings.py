@@ -1,0 +1,13 @@
+"""Environment defaults applied before Prefect is imported (it reads its settings at import time)."""
+import os
+
+
+def apply_defaults() -> None:
+    # A fresh ephemeral Prefect server needs ~18 s to migrate its database on 2 cores; 20 s is the
+    # default timeout, so give it 120 s (../shared/methods/orchestration.md §1).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+apply_defaults()

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from core.errors import SmallsetError
+from core.models import create_model, model_names
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_model_runs_on_mnist_and_cifar_shapes(name, shape):
+    kw = {"width": 8} if name.startswith("convnet") else {}
+    model = create_model(name, shape[0], 10, shape[1:], **kw)
+    x = torch.randn(2, *shape)
+    assert model(x).shape == (2, 10)
+    emb = model.embed(x)
+    assert emb.shape == (2, model.feature_dim)
+    assert torch.allclose(model.classifier(emb), model(x), atol=1e-5)
+
+
+def test_convnet_matches_the_papers_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(create_model("convnet", 3, 10, (32, 32))) == 320_010
+    assert count(create_model("convnet", 1, 10, (28, 28))) == 317_706
+    assert count(create_model("convnet", 3, 100, (32, 32))) == 504_420
+
+
+def test_convnet_uses_instance_norm_and_exposes_layer_outputs():
+    m = create_model("convnet", 3, 10, (32, 32), width=16)
+    assert isinstance(m.blocks[0][1], torch.nn.GroupNorm) and m.blocks[0][1].num_groups == 16
+    outs = m.layer_outputs(torch.randn(2, 3, 32, 32))
+    assert [tuple(o.shape[1:]) for o in outs] == [(16, 32, 32), (16, 16, 16), (16, 8, 8), (16, 4, 4)]
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(SmallsetError, match="known models: .*convnet.*resnet18"):
+        create_model("vgg", 3, 10, (32, 32))
