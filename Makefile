@@ -24,8 +24,16 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/smallset demo
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .prefect mlflow.db mlartifacts smallset-out
+
+# Headless Chromium renders the report and the MLflow UI in the browser tests (Debian's package).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium package (the browser tests need it)"; exit 1; fi; }

@@ -71,14 +71,71 @@ def experiment_name(source_id: str) -> str:
 
 
 @contextmanager
+def write_lock() -> Iterator[None]:
+    """Serialise writes to a local SQLite store across processes (Dask workers): SQLite allows one
+    writer, and concurrent MLflow writers otherwise fail with "database is locked". A no-op for
+    server or other database stores."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = uri[len("sqlite:///"):] + ".lock"
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_LOCAL = __import__("threading").local()
+
+
+@contextmanager
+def _maybe_lock() -> Iterator[None]:
+    """The write lock, unless this thread already holds it (inside :func:`run`)."""
+    if getattr(_LOCAL, "held", False):
+        yield
+        return
+    with write_lock():
+        yield
+
+
+@contextmanager
 def run(source_id: str, run_name: str, parent_run_id: str | None = None, tags: dict | None = None) -> Iterator[str]:
     """Open (and finish) a run in the source's experiment; yields its run id."""
     import mlflow
 
-    exp = experiment_id(experiment_name(source_id))
-    with mlflow.start_run(experiment_id=exp, run_name=run_name, nested=parent_run_id is not None,
-                          parent_run_id=parent_run_id, tags=tags or {}) as r:
-        yield r.info.run_id
+    with write_lock():
+        _LOCAL.held = True
+        try:
+            exp = experiment_id(experiment_name(source_id))
+            with mlflow.start_run(experiment_id=exp, run_name=run_name, nested=parent_run_id is not None,
+                                  parent_run_id=parent_run_id, tags=tags or {}) as r:
+                yield r.info.run_id
+        finally:
+            _LOCAL.held = False
+
+
+def start_parent(source_id: str, run_name: str, tags: dict | None = None) -> str:
+    """Create a parent run (e.g. a compare) without holding it open in this thread; finish it with
+    :func:`end_run`. Children name it as ``parent_run_id``."""
+    from mlflow.tracking import MlflowClient
+
+    with write_lock():
+        exp = experiment_id(experiment_name(source_id))
+        r = MlflowClient(tracking_uri()).create_run(exp, run_name=run_name, tags=tags or {})
+    return r.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    with write_lock():
+        MlflowClient(tracking_uri()).set_terminated(run_id, status=status)
 
 
 def _flat(params: dict, prefix: str = "") -> dict[str, str]:
@@ -155,9 +212,10 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
-    for k, v in metrics.items():
-        if v is not None:
-            client.log_metric(run_id, k, float(v), step=step)
+    with _maybe_lock():
+        for k, v in metrics.items():
+            if v is not None:
+                client.log_metric(run_id, k, float(v), step=step)
 
 
 def log_series(run_id: str, name: str, values: list[float]) -> None:
@@ -167,17 +225,20 @@ def log_series(run_id: str, name: str, values: list[float]) -> None:
 
     if not values:
         return
-    MlflowClient(tracking_uri()).log_batch(
-        run_id, metrics=[mlflow.entities.Metric(name, float(v), 0, i) for i, v in enumerate(values)])
+    with _maybe_lock():
+        MlflowClient(tracking_uri()).log_batch(
+            run_id, metrics=[mlflow.entities.Metric(name, float(v), 0, i) for i, v in enumerate(values)])
 
 
 def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri()).log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+    with _maybe_lock():
+        MlflowClient(tracking_uri()).log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
 
 
 def log_file(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path=artifact_path)
+    with _maybe_lock():
+        MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path=artifact_path)

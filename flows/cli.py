@@ -15,6 +15,7 @@ and exit with status 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import dataclasses
 import json
 import os
@@ -68,7 +69,8 @@ def _add_common(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--model", default="convnet", help=COMMON_HELP["model"] + " (default: convnet)")
     p.add_argument("--model-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="model option, e.g. width=64 (repeatable)")
-    p.add_argument("--eval-model", default=None, help="train this model in the evaluation instead of --model")
+    p.add_argument("--eval-models", type=_csv(str), default=[],
+                   help="evaluate on these models instead of --model, e.g. convnet,resnet18,mlp,lenet (a matrix)")
     p.add_argument("--protocol", default="quick", help=COMMON_HELP["protocol"] + " (default: quick)")
     p.add_argument("--eval-augment", default="none", help="training-time augmentation in the evaluation: none or dsa")
     p.add_argument("--eval-epochs", type=int, default=None, help="override the protocol's number of epochs")
@@ -77,6 +79,7 @@ def _add_common(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--no-eval", action="store_true", help="write the reduced set without the evaluation training")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--force", action="store_true", help="run even when the memory estimate exceeds the machine")
 
 
 def _add_config_options(p: argparse.ArgumentParser, cls) -> None:
@@ -146,13 +149,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="a method option, e.g. dm.iterations=200 (repeatable)")
     c.add_argument("--output-dir", default="smallset-out", help="where the Parquet files and results.csv go")
     c.add_argument("--no-full", action="store_true", help="skip the full-data reference row")
-    c.add_argument("--workers", type=int, default=1, help="cells run in parallel threads (default: 1)")
+    c.add_argument("--runner", default="threads", choices=["threads", "dask"],
+                   help="where cells run: threads in this process, or Dask worker processes (default: threads)")
+    c.add_argument("--workers", type=int, default=1, help="parallel threads or Dask worker processes (default: 1)")
+    c.add_argument("--dask-address", default=None, help="an existing Dask scheduler, e.g. tcp://host:8786")
+    c.add_argument("--gpus", type=int, default=0, help="local Dask cluster with one worker per GPU (0: no GPU placement)")
+    c.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown comparison report")
     _add_common(c)
     c.set_defaults(eval_runs=1)
 
     d = sub.add_parser("demo", help="compare every method on builtin:mnist-mini in a few minutes")
     d.add_argument("--output-dir", default="smallset-out")
     d.add_argument("--device", default="auto")
+    d.add_argument("--runner", default="threads", choices=["threads", "dask"])
+    d.add_argument("--workers", type=int, default=1)
+
+    r = sub.add_parser("report", help="render the HTML/Markdown comparison report of a compare")
+    r.add_argument("--run-id", default=None, help="the compare's MLflow parent run (default: the latest compare)")
+    r.add_argument("--output-dir", default=None, help="where report.html/report.md go (default: smallset-out/report-RUN)")
 
     ds = sub.add_parser("datasets", help="describe a source: shape, counts per class, digest")
     ds.add_argument("--source", default="builtin:mnist-mini", help=COMMON_HELP["source"])
@@ -175,9 +189,9 @@ def _config_overrides(args) -> dict:
 def _common_kwargs(args) -> dict:
     return dict(
         source=args.source, seed=args.seed, model=args.model, model_kwargs=dict(args.model_arg),
-        eval_model=args.eval_model, protocol=args.protocol, eval_augment=args.eval_augment,
+        eval_models=args.eval_models, protocol=args.protocol, eval_augment=args.eval_augment,
         eval_epochs=args.eval_epochs, eval_runs=args.eval_runs, device=args.device, no_eval=args.no_eval,
-        data_root=args.data_root,
+        data_root=args.data_root, force=args.force,
     )
 
 
@@ -192,7 +206,7 @@ def _precheck(method: str, kind: str, args) -> None:
                             f"run it with `smallset {other}`.")
     budget = steps.Budget(fraction=args.fraction) if kind == "prune" else steps.Budget(ipc=args.ipc)
     spec = steps.CellSpec(method=method, budget=budget, seed=args.seed, model=args.model,
-                          eval_model=args.eval_model, protocol=args.protocol, eval_augment=args.eval_augment,
+                          eval_models=args.eval_models, protocol=args.protocol, eval_augment=args.eval_augment,
                           eval_epochs=args.eval_epochs, eval_runs=args.eval_runs, device=args.device,
                           config=_config_overrides(args), output=args.output)
     steps.validate(spec)
@@ -253,14 +267,12 @@ def _compare_params(pairs) -> dict:
     return out
 
 
-def run_compare(**kw) -> list[dict]:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+def run_compare(runner: str = "threads", workers: int = 1, dask_address: str | None = None, **kw) -> list[dict]:
     from flows.compare import compare_flow
+    from tasks.runners import make_task_runner
 
-    workers = kw.pop("workers", 1)
-    flow = compare_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(1, workers)))
-    return flow(**kw)
+    task_runner = make_task_runner(runner, workers, dask_address, kw.get("gpus", 0))
+    return compare_flow.with_options(task_runner=task_runner)(**kw)
 
 
 def cmd_compare(args) -> int:
@@ -275,10 +287,14 @@ def cmd_compare(args) -> int:
             raise SmallsetError(f"--set names {m}, which is not in --methods.")
         steps.coerce_config(m, opts)
     kw = _common_kwargs(args)
-    kw.pop("progress", None)
+    kw.pop("seed")  # compare takes --seeds
+    from tasks.runners import check_runner_args
+
+    check_runner_args(args.runner, args.workers, args.dask_address, args.gpus)
     rows = run_compare(methods=args.methods, fractions=args.fractions, ipcs=args.ipcs, seeds=args.seeds,
                        params=params, output_dir=args.output_dir, include_full=not args.no_full,
-                       workers=args.workers, **kw)
+                       runner=args.runner, workers=args.workers, dask_address=args.dask_address, gpus=args.gpus,
+                       report=not args.no_report, **kw)
     _print_compare(rows)
     return 0
 
@@ -290,6 +306,9 @@ def _print_compare(rows: list[dict]) -> None:
     print(format_table(rows))
     if rows:
         print(f"\nresults: {rows[0]['csv']}")
+        report = Path(rows[0]["csv"]).parent / "report.html"
+        if report.exists():
+            print(f"report: {report}")
         print(f"MLflow: {tracking.tracking_uri()} (parent run {rows[0]['parent_run_id']}); "
               f"browse with: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
 
@@ -322,8 +341,24 @@ def cmd_demo(args) -> int:
           f"(model {DEMO['model']}, protocol {DEMO['protocol']}), plus the full-data reference.")
     rows = run_compare(methods=methods, fractions=[], ipcs=DEMO["ipcs"], seeds=DEMO["seeds"], params=params,
                        source=DEMO["source"], model=DEMO["model"], protocol=DEMO["protocol"],
-                       eval_runs=DEMO["eval_runs"], device=args.device, output_dir=args.output_dir)
+                       eval_runs=DEMO["eval_runs"], device=args.device, output_dir=args.output_dir,
+                       runner=args.runner, workers=args.workers)
     _print_compare(rows)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from core import report
+
+    from core import tracking
+
+    tracking.configure()
+    run_id = args.run_id or report.latest_compare_run()
+    out = args.output_dir or f"smallset-out/report-{run_id[:8]}"
+    from tasks.report_task import publish_report
+
+    html_path, md_path = publish_report(run_id, out)
+    print(f"report: {html_path}\nsummary: {md_path}")
     return 0
 
 
@@ -391,7 +426,7 @@ def cmd_methods(args) -> int:
 
 
 COMMANDS = {"prune": cmd_prune, "distill": cmd_distill, "compare": cmd_compare, "demo": cmd_demo,
-            "datasets": cmd_datasets, "show": cmd_show, "methods": cmd_methods}
+            "datasets": cmd_datasets, "report": cmd_report, "show": cmd_show, "methods": cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import flows.settings  # noqa: F401
 from prefect import flow
 
 from tasks import steps
-from tasks.prefect_tasks import cell_task, load_source_task
+from tasks.prefect_tasks import run_single
 
 
 @flow(name="distill", log_prints=True)
@@ -17,7 +17,7 @@ def distill_flow(
     seed: int = 0,
     model: str = "convnet",
     model_kwargs: dict | None = None,
-    eval_model: str | None = None,
+    eval_models: list[str] | None = None,
     protocol: str = "quick",
     eval_augment: str = "none",
     eval_epochs: int | None = None,
@@ -31,18 +31,17 @@ def distill_flow(
     resume: bool = False,
     data_root: str | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
     config = dict(params or {})
     if iterations is not None:
         config["iterations"] = iterations
     spec = steps.CellSpec(
         method=method, budget=steps.Budget(ipc=ipc), seed=seed, model=model, model_kwargs=model_kwargs or {},
-        eval_model=eval_model, protocol=protocol, eval_augment=eval_augment, eval_epochs=eval_epochs,
+        eval_models=list(eval_models or []), protocol=protocol, eval_augment=eval_augment, eval_epochs=eval_epochs,
         eval_runs=eval_runs, device=device, config=config, no_eval=no_eval, output=output,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, progress=progress, force=force,
     )
     if spec.kind != "distill":
         raise steps.SmallsetError(f"{method} is a pruning method; run it with `smallset prune`.")
-    steps.validate(spec)
-    src = load_source_task(source, data_root)
-    return cell_task(spec, src, output=output)
+    return run_single(spec, source, data_root)

@@ -5,7 +5,7 @@ import flows.settings  # noqa: F401  (environment defaults before Prefect loads)
 from prefect import flow
 
 from tasks import steps
-from tasks.prefect_tasks import cell_task, load_source_task, score_task
+from tasks.prefect_tasks import run_single
 
 
 @flow(name="prune", log_prints=True)
@@ -16,7 +16,7 @@ def prune_flow(
     seed: int = 0,
     model: str = "convnet",
     model_kwargs: dict | None = None,
-    eval_model: str | None = None,
+    eval_models: list[str] | None = None,
     protocol: str = "quick",
     eval_augment: str = "none",
     eval_epochs: int | None = None,
@@ -27,16 +27,14 @@ def prune_flow(
     no_eval: bool = False,
     data_root: str | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
     spec = steps.CellSpec(
         method=method, budget=steps.Budget(fraction=fraction), seed=seed, model=model,
-        model_kwargs=model_kwargs or {}, eval_model=eval_model, protocol=protocol, eval_augment=eval_augment,
+        model_kwargs=model_kwargs or {}, eval_models=list(eval_models or []), protocol=protocol, eval_augment=eval_augment,
         eval_epochs=eval_epochs, eval_runs=eval_runs, device=device, config=params or {}, no_eval=no_eval,
-        output=output, progress=progress,
+        output=output, progress=progress, force=force,
     )
     if spec.kind != "prune":
         raise steps.SmallsetError(f"{method} is a distillation method; run it with `smallset distill`.")
-    steps.validate(spec)
-    src = load_source_task(source, data_root)
-    scores, score_seconds = score_task(spec, src.train)
-    return cell_task(spec, src, scores=scores, score_seconds=score_seconds, output=output)
+    return run_single(spec, source, data_root)

@@ -46,3 +46,9 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 def table_artifact_rows(rows: list[dict]) -> list[dict]:
     """Rows for a Prefect table artifact: the displayed columns, formatted."""
     return [{h: _fmt(k, r.get(k)) for k, h in COLUMNS} for r in rows]
+
+
+def publish_table_artifact(rows: list[dict], description: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key="smallset-compare", table=table_artifact_rows(rows), description=description)

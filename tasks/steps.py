@@ -127,7 +127,7 @@ class CellSpec:
     seed: int = 0
     model: str = "convnet"
     model_kwargs: dict = field(default_factory=dict)
-    eval_model: str | None = None
+    eval_models: list[str] = field(default_factory=list)  # [] → [model]
     protocol: str = "quick"
     eval_augment: str = "none"
     eval_epochs: int | None = None
@@ -140,10 +140,15 @@ class CellSpec:
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = False
+    force: bool = False  # run even when the memory estimate exceeds what the device has
 
     @property
     def kind(self) -> str:
         return method_kind(self.method)
+
+    @property
+    def evaluation_models(self) -> list[str]:
+        return list(self.eval_models) or [self.model]
 
 
 def default_output(source_id: str, spec: CellSpec, budget: Budget, out_dir: str | Path = "smallset-out") -> Path:
@@ -152,9 +157,15 @@ def default_output(source_id: str, spec: CellSpec, budget: Budget, out_dir: str 
     return Path(out_dir) / f"{slug}-{spec.method}-{b}-s{spec.seed}.parquet"
 
 
+def device_for(spec: CellSpec) -> torch.device:
+    from tasks.runners import placed_device
+
+    return resolve_device(placed_device(spec.device))
+
+
 def context_for(spec: CellSpec, test: ImageDataset | None) -> RunContext:
     return RunContext(
-        seed=spec.seed, device=resolve_device(spec.device), model=spec.model, model_kwargs=dict(spec.model_kwargs),
+        seed=spec.seed, device=device_for(spec), model=spec.model, model_kwargs=dict(spec.model_kwargs),
         progress=spec.progress, test=test,
         checkpoint_dir=Path(spec.checkpoint_dir) if spec.checkpoint_dir else None,
         checkpoint_every=spec.checkpoint_every, resume=spec.resume,
@@ -165,8 +176,8 @@ def validate(spec: CellSpec) -> None:
     """Cheap checks before any work starts, so bad input fails fast and writes nothing."""
     kind = spec.kind
     check_model(spec.model)
-    if spec.eval_model:
-        check_model(spec.eval_model)
+    for name in spec.eval_models:
+        check_model(name)
     get_protocol(spec.protocol, augment=spec.eval_augment, epochs=spec.eval_epochs)
     resolve_device(spec.device)
     if kind == "prune":
@@ -194,7 +205,7 @@ def score_key_parts(spec: CellSpec, ds: ImageDataset) -> dict:
         "model_kwargs": spec.model_kwargs if cls.uses_model else None,
         "seed": spec.seed,
         "score_params": selector.score_params(),
-        "device": resolve_device(spec.device).type,
+        "device": device_for(spec).type,
     }
 
 
@@ -226,11 +237,24 @@ class Reduced:
     score_seconds: float = 0.0
 
 
+def preflight(spec: CellSpec, ds: ImageDataset, what: str) -> None:
+    """Print the memory/time estimate of the coming work and refuse it when it cannot fit (unless forced)."""
+    import sys
+
+    from core import estimate
+
+    extra = 256 * ds.num_classes if spec.kind == "distill" else 0  # condensers hold a real batch per class
+    est = estimate.estimate_training(ds, spec.model, spec.model_kwargs, 256, device_for(spec), extra_images=extra)
+    sys.stderr.write(f"[smallset] {what}: {est.describe()}\n")
+    estimate.check(est, spec.force)
+
+
 def reduce(spec: CellSpec, source: Source, scores: Any = None, score_seconds: float = 0.0) -> Reduced:
     """Run the selector or condenser of ``spec`` on the source's training split."""
     ds = source.train
     budget = spec.budget.for_kind(spec.kind, ds)
     ctx = context_for(spec, source.test)
+    preflight(spec, ds, f"{spec.method} {budget.label(spec.kind)}")
     cls = method_class(spec.method)
     if spec.kind == "prune":
         selector = cls(coerce_config(spec.method, spec.config))
@@ -253,11 +277,12 @@ def reduce(spec: CellSpec, source: Source, scores: Any = None, score_seconds: fl
 
 def evaluate_reduced(spec: CellSpec, reduced: ImageDataset, test: ImageDataset | None,
                      eval_model: str | None = None) -> EvalResult:
+    """The evaluation protocol on one evaluation model (default: the spec's first)."""
     protocol = get_protocol(spec.protocol, augment=spec.eval_augment, epochs=spec.eval_epochs)
-    name = eval_model or spec.eval_model or spec.model
+    name = eval_model or spec.evaluation_models[0]
     kwargs = spec.model_kwargs if name == spec.model else {}
     return evaluate(reduced, test, name, protocol, runs=spec.eval_runs, seed=spec.seed,
-                    device=resolve_device(spec.device), model_kwargs=kwargs, progress=spec.progress)
+                    device=device_for(spec), model_kwargs=kwargs, progress=spec.progress)
 
 
 # --- record ---------------------------------------------------------------------------------------
@@ -301,21 +326,30 @@ def write_and_log(
         "output": str(path),
         "sha256": digest,
     }
-    for name, e in evals.items():
-        suffix = "" if e is primary else f"_{name}"
-        row[f"test_accuracy{suffix}"] = e.mean
-        row[f"test_accuracy_std{suffix}"] = e.std
-        row[f"eval_train_seconds{suffix}"] = e.total_train_seconds
+    row.update(accuracy_columns(evals))
     row["eval_model"] = primary.model if primary else None
     row["run_id"] = log_run(spec, source, red, evals, path, digest, meta, parent_run_id, row)
     return row
+
+
+def accuracy_columns(evals: dict[str, EvalResult]) -> dict[str, float]:
+    """The first evaluation model's figures as test_accuracy/…; every model's as test_accuracy/MODEL/…
+    when there are several (the cross-architecture matrix)."""
+    out: dict[str, float] = {}
+    for i, (name, e) in enumerate(evals.items()):
+        suffixes = ([""] if i == 0 else []) + ([f"/{name}"] if len(evals) > 1 else [])
+        for sfx in suffixes:
+            out[f"test_accuracy{sfx}"] = e.mean
+            out[f"test_accuracy_std{sfx}"] = e.std
+            out[f"eval_train_seconds{sfx}"] = e.total_train_seconds
+    return out
 
 
 def log_run(spec, source, red, evals, path, digest, meta, parent_run_id, row) -> str:
     budget = spec.budget.for_kind(spec.kind, source.train)
     params = {
         "method": spec.method, "kind": spec.kind, "fraction": budget.fraction, "ipc": budget.ipc,
-        "model": spec.model, "model_kwargs": spec.model_kwargs, "eval_model": row.get("eval_model"),
+        "model": spec.model, "model_kwargs": spec.model_kwargs, "eval_models": ",".join(spec.evaluation_models),
         "protocol": spec.protocol, "eval_augment": spec.eval_augment, "eval_runs": spec.eval_runs,
         "seed": spec.seed, "source": source.id, "source_digest": source.train.digest, "device": spec.device,
         "hp": red.params,
@@ -324,12 +358,7 @@ def log_run(spec, source, red, evals, path, digest, meta, parent_run_id, row) ->
         "n_examples": row["n_examples"], "fraction_of_source": row["fraction_of_source"],
         "selection_seconds": red.seconds, "score_seconds": red.score_seconds,
     }
-    primary = next(iter(evals.values()), None)
-    for name, e in evals.items():
-        suffix = "" if e is primary else f"_{name}"
-        metrics[f"test_accuracy{suffix}"] = e.mean
-        metrics[f"test_accuracy_std{suffix}"] = e.std
-        metrics[f"eval_train_seconds{suffix}"] = e.total_train_seconds
+    metrics.update(accuracy_columns(evals))
     series, other = {}, {}
     for k, v in red.info.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
@@ -362,8 +391,8 @@ def run_cell(spec: CellSpec, source: Source, output: Path | None = None, parent_
     red = reduce(spec, source, scores=scores, score_seconds=score_seconds)
     evals: dict[str, EvalResult] = {}
     if not spec.no_eval:
-        name = spec.eval_model or spec.model
-        evals[name] = evaluate_reduced(spec, red.dataset, source.test, name)
+        for name in spec.evaluation_models:
+            evals[name] = evaluate_reduced(spec, red.dataset, source.test, name)
     out = Path(output or spec.output or default_output(source.id, spec, spec.budget.for_kind(spec.kind, source.train)))
     return write_and_log(spec, source, red, evals, out, parent_run_id)
 
@@ -371,18 +400,19 @@ def run_cell(spec: CellSpec, source: Source, output: Path | None = None, parent_
 def full_data_row(source: Source, spec: CellSpec, parent_run_id: str | None = None) -> dict:
     """The reference every reduced set is compared to: the evaluation protocol on the whole training split."""
     ds = source.train
-    res = evaluate_reduced(spec, ds, source.test)
+    preflight(spec, ds, "full-data evaluation")
+    evals = {name: evaluate_reduced(spec, ds, source.test, name) for name in spec.evaluation_models}
+    res = next(iter(evals.values()))
     row = {
         "method": "full", "kind": "full", "budget": "fraction=1", "fraction": 1.0, "ipc": None, "seed": spec.seed,
         "n_examples": len(ds), "fraction_of_source": 1.0, "selection_seconds": 0.0, "score_seconds": 0.0,
         "model": spec.model, "protocol": spec.protocol, "output": None, "sha256": None,
-        "test_accuracy": res.mean, "test_accuracy_std": res.std, "eval_train_seconds": res.total_train_seconds,
-        "eval_model": res.model,
+        **accuracy_columns(evals), "eval_model": res.model,
     }
     tags = {"kind": "full", "method": "full", "source": source.id}
     with tracking.run(source.id, f"full data seed={spec.seed}", parent_run_id=parent_run_id, tags=tags) as run_id:
-        tracking.log_metrics(run_id, {k: row[k] for k in ("test_accuracy", "test_accuracy_std", "eval_train_seconds",
-                                                          "n_examples", "fraction_of_source")})
+        tracking.log_metrics(run_id, {**accuracy_columns(evals), "n_examples": row["n_examples"],
+                                      "fraction_of_source": 1.0})
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking.tracking_uri())

@@ -65,16 +65,24 @@ def write_hf_parquet(ds: ImageDataset, path, class_names=True):
     return path
 
 
-@pytest.fixture
-def tiny_parquet(tmp_path):
-    """A directory with train.parquet (3 classes × 20, 1×8×8, 8-bit pixels) and test.parquet (3 × 10)."""
-    d = tmp_path / "tinyset"
-    d.mkdir()
+def make_tiny_parquet(d):
+    """A directory with train.parquet (3 classes × 20, 1×16×16, 8-bit pixels) and test.parquet (3 × 10)."""
+    d.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", 20, 0), ("test", 10, 1)):
-        ds = make_tiny_dataset(n_per_class=n, seed=seed)
+        ds = make_tiny_dataset(n_per_class=n, seed=seed, size=16)
         ds.images = (ds.images * 255).round() / 255
         write_hf_parquet(ds, d / f"{split}.parquet")
     return d
+
+
+@pytest.fixture
+def tiny_parquet(tmp_path):
+    return make_tiny_parquet(tmp_path / "tinyset")
+
+
+@pytest.fixture(scope="session")
+def tiny_parquet_session(tmp_path_factory):
+    return make_tiny_parquet(tmp_path_factory.mktemp("tinyset"))
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +101,22 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+TINY_COMPARE = dict(methods=["random"], fractions=[0.2, 0.5], ipcs=[], seeds=[0, 1], model="mlp",
+                    model_kwargs={"width": 16}, eval_models=["mlp", "lenet"], eval_epochs=3, eval_runs=1,
+                    device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_compare(prefect_harness, tiny_parquet_session, tmp_path_factory):
+    """One sequential compare (threads, 1 worker) on the tiny source, shared by the report, browser and
+    Dask tests: 4 cells (2 budgets × 2 seeds) evaluated on mlp and lenet, plus full data."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.compare import compare_flow
+
+    out = tmp_path_factory.mktemp("compare")
+    rows = compare_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
+        source=f"parquet:{tiny_parquet_session}", output_dir=str(out), **TINY_COMPARE)
+    return rows

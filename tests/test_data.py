@@ -16,11 +16,11 @@ def test_parquet_directory_loads_train_and_test_with_class_names(tiny_parquet):
     assert len(src.train) == 60 and len(src.test) == 30
     assert src.train.classes == ["c0", "c1", "c2"]
     assert src.train.class_counts() == [20, 20, 20]
-    assert tuple(src.train.images.shape[1:]) == (1, 8, 8)
+    assert tuple(src.train.images.shape[1:]) == (1, 16, 16)
     # the test split is normalised with the training statistics
     assert src.test.mean == src.train.mean and src.test.std == src.train.std
     # decoded pixels are the 8-bit values that were encoded
-    ref = make_tiny_dataset(n_per_class=20, seed=0)
+    ref = make_tiny_dataset(n_per_class=20, seed=0, size=16)
     assert torch.equal(src.train.images, (ref.images * 255).round() / 255)
 
 
