@@ -178,6 +178,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
     sub.add_parser("methods", help="list the methods, models and protocols")
+
+    sv = sub.add_parser("serve", help="serve the nightly compare with flow.serve (no work pool or worker needed)",
+                        description="Registers the deployment 'compare/nightly-compare' with the Prefect server "
+                                    "(PREFECT_API_URL) and runs its scheduled runs in this process until stopped. "
+                                    "Parameters come from the nightly-compare deployment in prefect.yaml.")
+    sv.add_argument("--cron", default=None, help="cron schedule (default: prefect.yaml's, 0 2 * * * UTC)")
+    sv.add_argument("--name", default="nightly-compare", help="deployment name")
     return parser
 
 
@@ -228,7 +235,7 @@ def _precheck_source(source: str) -> None:
 
 
 def cmd_prune(args) -> int:
-    from flows.prune import prune_flow
+    from flows.prune_flow import prune_flow
 
     _precheck(args.method, "prune", args)
     row = prune_flow(method=args.method, fraction=args.fraction, params=_config_overrides(args),
@@ -238,7 +245,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from flows.distill import distill_flow
+    from flows.distill_flow import distill_flow
 
     _precheck(args.method, "distill", args)
     row = distill_flow(method=args.method, ipc=args.ipc, iterations=args.iterations, params=_config_overrides(args),
@@ -268,7 +275,7 @@ def _compare_params(pairs) -> dict:
 
 
 def run_compare(runner: str = "threads", workers: int = 1, dask_address: str | None = None, **kw) -> list[dict]:
-    from flows.compare import compare_flow
+    from flows.compare_flow import compare_flow
     from tasks.runners import make_task_runner
 
     task_runner = make_task_runner(runner, workers, dask_address, kw.get("gpus", 0))
@@ -425,8 +432,28 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def nightly_deployment() -> dict:
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "prefect.yaml"
+    deps = yaml.safe_load(path.read_text())["deployments"]
+    return next(d for d in deps if d["name"] == "nightly-compare")
+
+
+def cmd_serve(args) -> int:
+    from flows.compare_flow import compare_flow
+
+    dep = nightly_deployment()
+    sched = (dep.get("schedules") or [{}])[0]
+    cron = args.cron or sched.get("cron", "0 2 * * *")
+    print(f"serving compare/{args.name} on cron {cron!r}; Ctrl-C stops")
+    compare_flow.serve(name=args.name, cron=cron, parameters=dep.get("parameters", {}), tags=dep.get("tags"))
+    return 0
+
+
 COMMANDS = {"prune": cmd_prune, "distill": cmd_distill, "compare": cmd_compare, "demo": cmd_demo,
-            "datasets": cmd_datasets, "report": cmd_report, "show": cmd_show, "methods": cmd_methods}
+            "datasets": cmd_datasets, "report": cmd_report, "show": cmd_show, "methods": cmd_methods,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

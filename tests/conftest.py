@@ -114,7 +114,7 @@ def tiny_compare(prefect_harness, tiny_parquet_session, tmp_path_factory):
     Dask tests: 4 cells (2 budgets × 2 seeds) evaluated on mlp and lenet, plus full data."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.compare import compare_flow
+    from flows.compare_flow import compare_flow
 
     out = tmp_path_factory.mktemp("compare")
     rows = compare_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(

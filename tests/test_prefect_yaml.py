@@ -35,6 +35,6 @@ def test_a_wrong_parameter_would_be_caught():
     from prefect.exceptions import ParameterTypeError, SignatureMismatchError
     from prefect.flows import load_flow_from_entrypoint
 
-    flow = load_flow_from_entrypoint(str(ROOT / "flows/prune.py") + ":prune_flow")
+    flow = load_flow_from_entrypoint(str(ROOT / "flows/prune_flow.py") + ":prune_flow")
     with pytest.raises((SignatureMismatchError, ParameterTypeError)):
         flow.validate_parameters({"fractionn": 0.1})

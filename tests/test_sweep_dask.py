@@ -10,7 +10,7 @@ def _key(r):
 
 
 def test_dask_sweep_equals_sequential(tiny_compare, tiny_parquet_session, tmp_path):
-    from flows.compare import compare_flow
+    from flows.compare_flow import compare_flow
     from tasks.runners import make_task_runner
 
     runner = make_task_runner("dask", workers=2)
