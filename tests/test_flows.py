@@ -85,3 +85,15 @@ def test_cli_prune_end_to_end(prefect_harness, tiny_parquet, in_tmp, capsys):
     out = capsys.readouterr().out
     assert "wrote cli.parquet" in out and "MLflow run" in out
     assert store.read_reduced(in_tmp / "cli.parquet").class_counts() == [10, 10, 10]
+
+
+def test_demo_prints_the_table_and_the_mlflow_location(prefect_harness, tiny_parquet, in_tmp, capsys, monkeypatch):
+    import flows.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO", dict(cli.DEMO, source=f"parquet:{tiny_parquet}", model="mlp", ipcs=[2]))
+    monkeypatch.setattr(cli, "demo_methods", lambda: ["random"])
+    assert main(["demo", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "full" in out and "random  prune  fraction=0.1" in out  # ipc 2 × 3 classes of 60 images
+    assert "MLflow: sqlite:" in out and "report:" in out
+    assert list(in_tmp.glob("smallset-out/compare-*/results.csv"))
