@@ -145,7 +145,7 @@ def fit(
         _ensure_augmentations()
         augment = AUGMENTATIONS.get(protocol.augment)
     gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1) if augment else None
+    aug_gen = torch.Generator().manual_seed(seed + 1) if augment else None  # CPU: same draws on any device
     epochs = protocol.epochs_for(len(train))
     decay_after = epochs // 2 + 1 if protocol.decay_at_half else None
 

@@ -92,6 +92,8 @@ def _add_config_options(p: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints.get(f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
+        if default is None and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         help_ = f.metadata.get("help", "") + f" (default: {default})"
         if hint is bool:
             group.add_argument(flag, dest=f"cfg_{f.name}", default=None, action=argparse.BooleanOptionalAction,
@@ -99,8 +101,9 @@ def _add_config_options(p: argparse.ArgumentParser, cls) -> None:
         elif typing.get_origin(hint) is typing.Literal:
             group.add_argument(flag, dest=f"cfg_{f.name}", default=None, choices=typing.get_args(hint), help=help_)
         else:
-            group.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=hint if hint in (int, float, str) else str,
-                               help=help_)
+            simple = hint in (int, float, str)
+            group.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=hint if simple else str,
+                               metavar=f.name.upper() if simple else "JSON", help=help_)
 
 
 def _method_from_argv(argv: list[str], default: str) -> str:

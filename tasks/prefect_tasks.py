@@ -100,13 +100,28 @@ def full_data_task(spec: steps.CellSpec, source: str, parent_run_id: str | None 
     return steps.full_data_row(cached_source(source, data_root), spec, parent_run_id)
 
 
+class CellFutures:
+    """The futures of one cell. :meth:`result` resolves them in order, so a failure surfaces as the
+    exception of the step that failed (e.g. a SmallsetError from reduce) rather than as an unfinished
+    downstream task."""
+
+    def __init__(self, *futures):
+        self.futures = futures
+
+    def result(self):
+        for f in self.futures[:-1]:
+            f.result()
+        return self.futures[-1].result()
+
+
 def submit_cell(spec: steps.CellSpec, source: str, output: str, parent_run_id: str | None = None,
-                data_root: str | None = None, scored=None):
-    """Submit reduce → evaluate (one task per evaluation model) → record; returns the record future."""
+                data_root: str | None = None, scored=None) -> CellFutures:
+    """Submit reduce → evaluate (one task per evaluation model) → record."""
     red = reduce_task.submit(spec, source, data_root, scored)
     evals = [] if spec.no_eval else [evaluate_task.submit(spec, red, source, m, data_root)
                                      for m in spec.evaluation_models]
-    return record_task.submit(spec, red, evals, source, output, parent_run_id, data_root)
+    return CellFutures(*([scored] if scored is not None and hasattr(scored, "result") else []), red, *evals,
+                       record_task.submit(spec, red, evals, source, output, parent_run_id, data_root))
 
 
 def run_single(spec: steps.CellSpec, source: str, data_root: str | None = None) -> dict:

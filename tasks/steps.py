@@ -86,8 +86,14 @@ def _coerce(method: str, key: str, value: Any, hint) -> Any:
             return value.lower() in ("true", "1", "yes")
         if hint in (int, float, str, bool):
             return hint(value)
+        if isinstance(value, str):  # a list or tuple option given on the command line as JSON, e.g. [60,120]
+            import json
+
+            parsed = json.loads(value)
+            return tuple(parsed) if typing.get_origin(hint) is tuple and isinstance(parsed, list) else parsed
     except (TypeError, ValueError):
-        raise SmallsetError(f"--{key.replace('_', '-')} for {method} must be a {hint.__name__}, not {value!r}.") from None
+        raise SmallsetError(f"--{key.replace('_', '-')} for {method} must be a {getattr(hint, '__name__', hint)}"
+                            f" (lists as JSON, e.g. [1,2]), not {value!r}.") from None
     return value
 
 

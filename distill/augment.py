@@ -1,0 +1,299 @@
+"""Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021) on kornia.
+
+condensation-methods.md §3. Six differentiable transformation families work on normalised images
+(so the "zero" fill of crop/cutout/scale/rotate is the dataset's mean colour):
+
+===========  ==========================================  =============================================
+token        parameters (``DSAConfig`` = ParamDiffAug)    operation
+===========  ==========================================  =============================================
+``color``    u1, u2, u3 ~ U[0, 1)                         brightness x + (u1 − ½)·1; saturation
+                                                          (x − m_c)·2u2 + m_c (m_c = channel mean per
+                                                          pixel); contrast (x − m)·(u3 + ½) + m (m = image
+                                                          mean) — applied in this order
+``crop``     integers tx, ty ~ U{−s..s}, s = int(⅛·H+½)   translate by (tx, ty) pixels, zero fill
+``cutout``   centre ~ U{0..H}×U{0..W}, side int(½·H+½)    zero a side×side square (clipped)
+``flip``     u ~ U[0, 1)                                  horizontal flip when u < ½
+``scale``    sx, sy ~ U[1/1.2, 1.2]                       affine grid diag(sx, sy), bilinear, zero fill
+``rotate``   angle ~ U[−15°, 15°]                         affine grid rotation, bilinear, zero fill
+===========  ==========================================  =============================================
+
+Mode 'S' (the reference default, §3.2): each call picks ONE token uniformly from the strategy string and
+applies only that family.
+
+Siamese sharing (§3.3): :meth:`DSA.siamese` draws one family and one parameter set and applies it to
+every image of every batch it is given (the real and the synthetic batch of a class), so gradients
+flow through the same transformation into the synthetic pixels. :meth:`DSA.siamese_groups` does the
+same for many classes at once in one batched call: each group (class) gets its own family and
+parameter set, shared by all rows of that group in every batch — what DSA/DM do class by class, with
+no Python loop over classes. :meth:`DSA.__call__` is the non-Siamese mode (inner loops, evaluation):
+one family per call, independent parameters per image.
+
+Implementation notes / deviations from the reference ``ParamDiffAug`` code:
+
+- No seed replaying: parameters are sampled from an explicit ``torch.Generator`` (on the generator's
+  device — normally the CPU, so results do not depend on the accelerator) and moved to the images'
+  device. The distributions are those of §3.2.
+- ``crop`` uses ``kornia.geometry.transform.translate`` with nearest sampling (exact for integer shifts,
+  zero padding); ``flip`` uses kornia's ``hflip``; ``scale``/``rotate`` build the reference's normalised
+  affine matrix θ and warp with ``kornia.geometry.transform.warp_affine(align_corners=True)`` —
+  ``align_corners=True`` is the behaviour of the torch 1.2 ``affine_grid`` the reference targeted.
+  ``color`` and ``cutout`` are direct tensor ops: kornia's ColorJitter/RandomErasing use other
+  parametrisations (§3.4) and would not reproduce DSA.
+- The strategy token ``none`` (or an empty strategy) means no augmentation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from kornia.geometry.conversions import denormalize_homography
+from kornia.geometry.transform import hflip, translate, warp_affine
+
+from core.errors import SmallsetError
+from core.train import AUGMENTATIONS
+
+DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+def default_strategy(channels: int) -> str:
+    """The reference strategy: no flip for 1-channel (MNIST-like) images (digits are not mirror
+    symmetric), all six families otherwise (§3.2)."""
+    return NO_FLIP_STRATEGY if int(channels) == 1 else DEFAULT_STRATEGY
+
+
+@dataclass
+class DSAConfig:
+    """Parameter ranges of the reference ``ParamDiffAug`` (§3.2)."""
+
+    brightness: float = field(default=1.0, metadata={"help": "brightness shift range: x + (u − 0.5)·brightness"})
+    saturation: float = field(default=2.0, metadata={"help": "saturation factor range [0, saturation)"})
+    contrast: float = field(default=0.5, metadata={"help": "contrast factor range [contrast, contrast + 1)"})
+    crop: float = field(default=0.125, metadata={"help": "largest translation, as a fraction of the image side"})
+    cutout: float = field(default=0.5, metadata={"help": "cutout square side, as a fraction of the image side"})
+    scale: float = field(default=1.2, metadata={"help": "scale factors per axis in [1/scale, scale]"})
+    rotate: float = field(default=15.0, metadata={"help": "rotation angle range ±rotate degrees"})
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """``"color_crop_flip"`` → ``("color", "crop", "flip")``; ``""``/``"none"`` → no families."""
+    if strategy is None or strategy.strip().lower() in ("", "none"):
+        return ()
+    tokens = tuple(t for t in strategy.strip().lower().split("_") if t)
+    bad = [t for t in tokens if t not in FAMILIES]
+    if bad:
+        raise SmallsetError(
+            f"Unknown DSA transformation {bad[0]!r} in strategy {strategy!r}; join tokens from "
+            f"{', '.join(FAMILIES)} with '_' (e.g. {DEFAULT_STRATEGY}), or use 'none'."
+        )
+    if len(set(tokens)) != len(tokens):
+        raise SmallsetError(f"DSA strategy {strategy!r} repeats a transformation; list each one once.")
+    return tokens
+
+
+class DSA:
+    """Differentiable (Siamese) augmentation with one family per call (mode 'S', §3.2–3.3)."""
+
+    def __init__(self, strategy: str = DEFAULT_STRATEGY, config: DSAConfig | None = None):
+        self.strategy = strategy
+        self.tokens = parse_strategy(strategy)
+        self.config = config if config is not None else DSAConfig()
+        if self.config.scale < 1.0:
+            raise SmallsetError("DSA scale must be at least 1 (factors lie in [1/scale, scale]).")
+        self._ops: dict[str, Callable[[torch.Tensor, dict], torch.Tensor]] = {
+            "color": self._color, "crop": self._crop, "cutout": self._cutout,
+            "flip": self._flip, "scale": self._scale, "rotate": self._rotate,
+        }
+
+    def __repr__(self) -> str:
+        return f"DSA({self.strategy!r})"
+
+    # --- public API ---------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Non-Siamese: one family per call, independent parameters per image (inner loops, evaluation)."""
+        self._check(x)
+        if not self.tokens or len(x) == 0:
+            return x
+        fam = int(self._randint(0, len(self.tokens), (1,), generator))
+        params = self._sample(self.tokens[fam], len(x), x.shape[2], x.shape[3], generator)
+        return self._ops[self.tokens[fam]](x, self._to(params, x.device))
+
+    def siamese(self, *batches: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """One family and ONE parameter set shared by every image of every batch (§3.3); returns the
+        batches augmented, in the order given."""
+        if not batches:
+            return ()
+        for b in batches:
+            self._check(b)
+        size = batches[0].shape[2:]
+        if any(b.shape[2:] != size for b in batches):
+            raise SmallsetError("Siamese augmentation needs batches of one image size.")
+        if not self.tokens:
+            return tuple(batches)
+        fam = int(self._randint(0, len(self.tokens), (1,), generator))
+        params = self._sample(self.tokens[fam], 1, size[0], size[1], generator)
+        op = self._ops[self.tokens[fam]]
+        return tuple(op(b, self._to(params, b.device)) if len(b) else b for b in batches)
+
+    def siamese_groups(self, batches: Sequence[torch.Tensor], groups: Sequence[torch.Tensor],
+                       generator: torch.Generator, num_groups: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Siamese augmentation of many groups (classes) in one batched call.
+
+        ``groups[i]`` gives the group id (0..num_groups−1) of every row of ``batches[i]``. Each group
+        draws its own family and parameter set, shared by all its rows in all batches — exactly what
+        calling :meth:`siamese` once per class does, without the loop. Rows are processed with at most
+        one batched op per family present.
+        """
+        if len(batches) != len(groups):
+            raise SmallsetError("siamese_groups needs one group-id tensor per batch.")
+        if not batches:
+            return ()
+        for b, g in zip(batches, groups):
+            self._check(b)
+            if g.shape != (len(b),):
+                raise SmallsetError("Each group-id tensor must hold one id per image of its batch.")
+        size = batches[0].shape[2:]
+        if any(b.shape[2:] != size for b in batches):
+            raise SmallsetError("Siamese augmentation needs batches of one image size.")
+        if num_groups is None:
+            num_groups = 1 + max((int(g.max()) for g in groups if len(g)), default=-1)
+        if not self.tokens or num_groups == 0:
+            return tuple(batches)
+        fam = self._randint(0, len(self.tokens), (num_groups,), generator)
+        present = sorted(set(fam.tolist()))
+        params = {f: self._sample(self.tokens[f], num_groups, size[0], size[1], generator) for f in present}
+        out = []
+        for x, g in zip(batches, groups):
+            if len(x) == 0:
+                out.append(x)
+                continue
+            g = g.to(x.device, torch.long)
+            row_fam = fam.to(x.device)[g]
+            dev_params = {f: self._to(p, x.device) for f, p in params.items()}
+            y = x
+            for f in present:
+                op = self._ops[self.tokens[f]]
+                rows = torch.nonzero(row_fam == f, as_tuple=True)[0]
+                if len(rows) == len(x):
+                    y = op(x, {k: v[g] for k, v in dev_params[f].items()})
+                elif len(rows):
+                    part = op(x[rows], {k: v[g[rows]] for k, v in dev_params[f].items()})
+                    y = y.index_copy(0, rows, part)
+            out.append(y)
+        return tuple(out)
+
+    # --- sampling -------------------------------------------------------------------------------
+    @staticmethod
+    def _rand(n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, generator=generator, device=generator.device)
+
+    @staticmethod
+    def _randint(low: int, high: int, shape: tuple, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(low, high, shape, generator=generator, device=generator.device)
+
+    @staticmethod
+    def _to(params: dict, device) -> dict:
+        return {k: v.to(device) for k, v in params.items()}
+
+    def _sample(self, family: str, n: int, h: int, w: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """``n`` independent parameter sets of one family, in the reference's draw order."""
+        cfg = self.config
+        if family == "color":
+            return {"brightness": self._rand(n, g), "saturation": self._rand(n, g), "contrast": self._rand(n, g)}
+        if family == "crop":
+            sh, sw = int(h * cfg.crop + 0.5), int(w * cfg.crop + 0.5)
+            return {"tx": self._randint(-sh, sh + 1, (n,), g), "ty": self._randint(-sw, sw + 1, (n,), g)}
+        if family == "cutout":
+            ch, cw = int(h * cfg.cutout + 0.5), int(w * cfg.cutout + 0.5)
+            return {"ox": self._randint(0, h + (1 - ch % 2), (n,), g),
+                    "oy": self._randint(0, w + (1 - cw % 2), (n,), g)}
+        if family == "flip":
+            return {"u": self._rand(n, g)}
+        if family == "scale":
+            lo = 1.0 / cfg.scale
+            return {"sx": self._rand(n, g) * (cfg.scale - lo) + lo, "sy": self._rand(n, g) * (cfg.scale - lo) + lo}
+        if family == "rotate":
+            return {"angle": (self._rand(n, g) - 0.5) * 2 * cfg.rotate / 180 * math.pi}
+        raise AssertionError(family)
+
+    # --- the six families (x: B×C×H×W; every parameter tensor has B or 1 rows) -------------------
+    @staticmethod
+    def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.to(x.dtype).view(-1, 1, 1, 1)
+
+    def _color(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        cfg = self.config
+        x = x + (self._col(p["brightness"], x) - 0.5) * cfg.brightness
+        m = x.mean(dim=1, keepdim=True)
+        x = (x - m) * (self._col(p["saturation"], x) * cfg.saturation) + m
+        m = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - m) * (self._col(p["contrast"], x) + cfg.contrast) + m
+
+    def _crop(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        # out[i, j] = x[i + tx, j + ty], zero outside; kornia's translation is (dx, dy) = (−ty, −tx).
+        shift = torch.stack([-p["ty"], -p["tx"]], dim=1).to(x.dtype)
+        return translate(x, shift, mode="nearest", padding_mode="zeros", align_corners=True)
+
+    def _cutout(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        ch, cw = int(h * self.config.cutout + 0.5), int(w * self.config.cutout + 0.5)
+        top = (p["ox"] - ch // 2).view(-1, 1)
+        left = (p["oy"] - cw // 2).view(-1, 1)
+        rows = torch.arange(h, device=x.device).view(1, -1)
+        cols = torch.arange(w, device=x.device).view(1, -1)
+        in_r = (rows >= top) & (rows < top + ch)
+        in_c = (cols >= left) & (cols < left + cw)
+        keep = ~(in_r[:, :, None] & in_c[:, None, :])
+        return x * keep[:, None].to(x.dtype)
+
+    def _flip(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        return torch.where(self._col(p["u"], x) < 0.5, hflip(x), x)
+
+    def _warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Warp with the reference's normalised output→input matrix θ (k×2×2, k = 1 or B)."""
+        k = theta.shape[0]
+        inv = torch.zeros(k, 3, 3, dtype=x.dtype, device=x.device)
+        inv[:, :2, :2] = torch.linalg.inv(theta.to(x.dtype))
+        inv[:, 2, 2] = 1.0
+        size = (x.shape[2], x.shape[3])
+        m = denormalize_homography(inv, size, size)  # kornia wants the input→output pixel map
+        return warp_affine(x, m[:, :2, :], size, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def _scale(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        sx, sy = p["sx"].to(x.dtype), p["sy"].to(x.dtype)
+        zero = torch.zeros_like(sx)
+        theta = torch.stack([torch.stack([sx, zero], 1), torch.stack([zero, sy], 1)], 1)
+        return self._warp(x, theta)
+
+    def _rotate(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        a = p["angle"].to(x.dtype)
+        c, s = torch.cos(a), torch.sin(a)
+        theta = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+        return self._warp(x, theta)
+
+    @staticmethod
+    def _check(x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise SmallsetError("DSA augments N×C×H×W image batches; got "
+                                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.")
+        if not x.is_floating_point():
+            raise SmallsetError("DSA augments floating-point (normalised) images.")
+
+
+_BY_STRATEGY: dict[str, DSA] = {}
+
+
+def dsa_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The ``dsa`` training-time augmentation of the evaluation protocol: non-Siamese DSA with the
+    default strategy for the images' channel count (§1.4, §3.2)."""
+    strategy = default_strategy(x.shape[1])
+    if strategy not in _BY_STRATEGY:
+        _BY_STRATEGY[strategy] = DSA(strategy)
+    return _BY_STRATEGY[strategy](x, generator)
+
+
+if "dsa" not in AUGMENTATIONS:
+    AUGMENTATIONS.register("dsa")(dsa_augment)

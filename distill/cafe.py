@@ -1,0 +1,326 @@
+"""CAFE: Condense dataset by Aligning FEatures (Wang, Zhao et al., CVPR 2022).
+
+Spec: condensation-methods.md §5 (features §5.1, losses §5.2, dynamic bi-level loop §5.3), §7, §11.
+Every iteration draws a fresh random ConvNet (``ctx.model``; it must offer ``layer_outputs``). The outer
+loop takes one image step on
+
+    L = Σ_l w_l · SSE(M_real(f_l), M_syn(f_l))            layer-wise alignment, f1..f4, w = 0.1, 0.1, 1, 1
+      + w_last · SSE(M_syn(f5), M_real(f5))                 last-layer alignment (f5 = f4 flattened)
+      + w_disc · CE_sum(⟨f5(real_i), M_syn_k(f5)⟩, y_i)     discrimination loss, w_disc = 0.01
+
+(M_c = mean over the samples of class c, SSE = summed squared difference over classes and elements), then
+probes the network's accuracy on fresh real images and leaves when the last ``watch_window`` probes span
+less than λ1 ("the network has converged"); otherwise the inner loop trains the network one epoch at a
+time on the synthetic set until the last ``watch_window`` probes span more than λ2 ("changed enough").
+lr_img is halved at 60/80/90 % of the iterations (1200/1600/1800 of 2000).
+
+Differences from the reference code (which only runs 10-class 3×32×32 data):
+
+- Any number of classes, channels and image sizes. All classes go through the network in one batched,
+  class-major pass per side; class means come from ``index_add`` (real; classes smaller than
+  ``batch_real`` contribute all their images) and a reshape (synthetic). The real pass runs without
+  autograd (no gradient reaches the synthetic pixels through it) in chunks of ``REAL_CHUNK`` images to
+  bound memory; for per-sample-normalised nets (instance norm, the default) this is the same computation.
+- The reference's extra CE(net(real), y) term has no gradient w.r.t. the images (a no-op, [issues]
+  CAFE #3) and its per-inner-epoch "test" pass over the synthetic set is unused: both are left out.
+- With ``dsa`` (CAFE+DSA) each class gets its own Siamese transformation shared by its real and
+  synthetic images (:meth:`distill.augment.DSA.siamese_groups`, one batched call), and the inner loop
+  trains with non-Siamese DSA, as the reference does.
+- Stopping rules (:class:`LoopWatcher`): the reference's accuracy accumulator quirk is replicated by
+  default (``accumulator_quirk``): the probed value is ``(previous value + Σ_c acc_c) / classes``, i.e.
+  ``mean accuracy + previous / classes`` (with 10 classes exactly the reference's "+10 % of the previous
+  value"; the reference divides by its class count, so this is the literal generalisation). The value
+  starts from 0 for each loop (the reference resets it when a loop exits, and the inner loop starts a
+  fresh one each time). ``accumulator_quirk=False`` uses the plain accuracy instead.
+- Caps: the reference's loops have no upper bound. ``max_outer_steps`` and ``max_inner_epochs``
+  (default 100 each, well above the 10-step minimum the window implies) stop a loop that never meets its
+  rule, so a run always ends; ``info`` counts how often each cap fired.
+- Randomness: real batches, probes, inner-loop shuffling and augmentation come from named, checkpointed
+  generators and the networks from the seeded global RNG (the reference uses numpy's global RNG and
+  wall-clock seeds), so runs are reproducible and resume exactly.
+
+``Synthetic.info``: ``loss_curve`` (mean total loss of the image steps of each iteration) and, per
+iteration, ``align_loss_curve``/``last_loss_curve``/``disc_loss_curve`` (the three terms, unweighted
+except for the layer weights), ``outer_steps`` (image steps) and ``inner_epochs`` (network epochs, all
+inner loops together); ``mean_outer_steps``, ``mean_inner_epochs``, ``outer_cap_hits``,
+``inner_cap_hits`` and ``mean_abs_change`` (mean |final − initial| pixel, normalised space).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.context import RunContext
+from core.data import ImageDataset
+from core.errors import SmallsetError
+from core.models import create_model
+from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from distill.dc import RealSampler, check_positive, train_on_synthetic
+
+REAL_CHUNK = 1024  # real images per no-grad forward (memory bound)
+
+
+@dataclass
+class CAFEConfig:
+    """CAFE hyper-parameters (§5.2–5.3, §7); CAFE has no per-ipc schedule."""
+
+    iterations: int = field(default=2000, metadata={"help": "outer iterations, each with a fresh random network"})
+    lr_img: float = field(default=0.1, metadata={"help": "SGD learning rate of the synthetic images"})
+    momentum_img: float = field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
+    lr_halving: str = field(default="0.6,0.8,0.9", metadata={
+        "help": "fractions of the iterations after which lr_img is halved (1200/1600/1800 of 2000); empty = never"})
+    lr_net: float = field(default=0.01, metadata={"help": "SGD learning rate of the network in the inner loop"})
+    batch_real: int = field(default=256, metadata={"help": "real images per class per image step"})
+    batch_train: int = field(default=256, metadata={"help": "mini-batch size of the inner-loop network training"})
+    init: Literal["real", "noise"] = field(default="noise", metadata={"help": "initialise from real images or N(0,1) noise"})
+    layer_weights: str = field(default="0.1,0.1,1.0,1.0", metadata={
+        "help": "alignment weights of f1..f4 (shallow to deep), one per layer_outputs entry"})
+    weight_last: float = field(default=1.0, metadata={"help": "weight of the last-layer (f5) centre alignment"})
+    weight_discrimination: float = field(default=0.01, metadata={"help": "weight of the discrimination loss"})
+    lambda1: float = field(default=0.04, metadata={"help": "outer loop ends when the probe window spans less than this"})
+    lambda2: float = field(default=0.03, metadata={"help": "inner loop ends when the probe window spans more than this"})
+    watch_window: int = field(default=10, metadata={"help": "accuracy probes the stop rules look at"})
+    probe_per_class: int = field(default=128, metadata={"help": "fresh real images per class in each accuracy probe"})
+    max_outer_steps: int = field(default=100, metadata={"help": "cap on image steps per iteration (not in the paper)"})
+    max_inner_epochs: int = field(default=100, metadata={"help": "cap on epochs per inner loop (not in the paper)"})
+    accumulator_quirk: bool = field(default=True, metadata={
+        "help": "replicate the reference's unreset accuracy accumulator in the stop rules"})
+    dsa: bool = field(default=False, metadata={"help": "CAFE+DSA: Siamese DSA in matching, DSA in the inner loop"})
+    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the default for the channel count"})
+
+
+class LoopWatcher:
+    """One of CAFE's dynamic stop rules (§5.3), fed one accuracy probe at a time.
+
+    ``stop_when='stable'`` (outer loop, threshold λ1): stop once the last ``window`` values span less than
+    the threshold. ``stop_when='changed'`` (inner loop, λ2): stop once they span more than it. The value
+    recorded for a probe is ``accuracy + carry · previous value`` (``carry = 1/classes`` replicates the
+    reference's accumulator quirk, 0 gives the plain accuracy), starting from 0. When the window is full and
+    the rule does not fire, the oldest value drops out. ``cap`` (steps) ends the loop regardless; ``reason``
+    says which rule fired (``"threshold"`` or ``"cap"``).
+    """
+
+    def __init__(self, threshold: float, stop_when: Literal["stable", "changed"], window: int = 10,
+                 carry: float = 0.0, cap: int | None = None):
+        if stop_when not in ("stable", "changed"):
+            raise ValueError("stop_when must be 'stable' or 'changed'")
+        if window < 2:
+            raise SmallsetError(f"--watch-window must be at least 2; got {window}.")
+        self.threshold, self.stop_when, self.window = float(threshold), stop_when, int(window)
+        self.carry, self.cap = float(carry), cap
+        self.value = 0.0
+        self.history: list[float] = []
+        self.steps = 0
+        self.reason: str | None = None
+
+    def update(self, accuracy: float) -> bool:
+        """Record one probe; True when the loop should stop now."""
+        self.value = float(accuracy) + self.carry * self.value
+        self.steps += 1
+        self.history.append(self.value)
+        if len(self.history) == self.window:
+            spread = max(self.history) - min(self.history)
+            fired = spread < self.threshold if self.stop_when == "stable" else spread > self.threshold
+            if fired:
+                self.reason = "threshold"
+                return True
+            self.history.pop(0)
+        if self.cap is not None and self.steps >= self.cap:
+            self.reason = "cap"
+            return True
+        return False
+
+
+def halved_lr(lr: float, it: int, milestones: list[int]) -> float:
+    """lr_img at iteration ``it``: halved once for every milestone iteration reached (§5.3)."""
+    return lr * 0.5 ** sum(it >= m for m in milestones)
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise SmallsetError(f"--{what} must be comma-separated numbers, e.g. 0.1,0.1,1.0,1.0; got {text!r}.") from None
+
+
+def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean of the rows of ``x`` per class (index_add); every class must have at least one row."""
+    sums = torch.zeros((num_classes,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    sums.index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=num_classes).to(x.dtype)
+    return sums / counts.view((-1,) + (1,) * (x.ndim - 1))
+
+
+@register_condenser("cafe")
+class CAFECondenser(Condenser):
+    """Layer-wise feature alignment + discrimination loss with CAFE's dynamic bi-level loop (§5)."""
+
+    config_cls = CAFEConfig
+
+    def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
+        cfg = self.config
+        check_positive(cfg, ["iterations", "lr_img", "lr_net", "batch_real", "batch_train", "probe_per_class",
+                             "max_outer_steps", "max_inner_epochs"])
+        check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],
+                       allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
+        if cfg.init not in ("real", "noise"):
+            raise SmallsetError(f"--init must be real or noise; got {cfg.init!r}.")
+        if cfg.watch_window < 2:
+            raise SmallsetError(f"--watch-window must be at least 2; got {cfg.watch_window}.")
+        halving = parse_floats(cfg.lr_halving, "lr-halving")
+        if any(not (0.0 < f <= 1.0) for f in halving):
+            raise SmallsetError(f"--lr-halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.")
+        self.milestones = [int(round(f * cfg.iterations)) for f in halving]
+        self.layer_weights = parse_floats(cfg.layer_weights, "layer-weights")
+        if any(w < 0 for w in self.layer_weights):
+            raise SmallsetError("--layer-weights must not be negative.")
+
+        self.ctx, self.ipc = ctx, ipc
+        self.device = torch.device(ctx.device)
+        self.num_classes = ds.num_classes
+        self.shape = (ds.channels, ds.image_size)
+        self.generators = {
+            "init": ctx.generator(1),
+            "real": ctx.generator(2),
+            "shuffle": ctx.generator(3),
+            "aug": ctx.generator(4),
+            "probe": ctx.generator(5),
+        }
+        syn, labels = init_synthetic(ds, ipc, cfg.init, self.generators["init"])
+        self.init_images = syn.clone()
+        self.syn = syn.to(self.device).requires_grad_(True)
+        self.labels = labels.to(self.device)
+        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
+        self.sampler = RealSampler(ds, self.device)
+        self.augment = None
+        if cfg.dsa:
+            from distill.augment import DSA, default_strategy
+
+            self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels))
+        self.carry = 1.0 / ds.num_classes if cfg.accumulator_quirk else 0.0
+        self.stats: dict[str, list[float]] = {k: [] for k in (
+            "outer_steps", "inner_epochs", "align_loss_curve", "last_loss_curve", "disc_loss_curve")}
+        self.cap_hits = {"outer": 0, "inner": 0}
+
+        net = self._new_net()  # fail early on a bad model, and check the layer weights fit it
+        if not hasattr(net, "layer_outputs"):
+            raise SmallsetError(
+                f"CAFE aligns intermediate features and needs a model with layer_outputs (convnet, convnet-s); "
+                f"{ctx.model!r} has none."
+            )
+        with torch.no_grad():
+            n_layers = len(net.eval().layer_outputs(self.syn[:1].detach()))
+        if len(self.layer_weights) != n_layers:
+            raise SmallsetError(
+                f"--layer-weights gives {len(self.layer_weights)} weights but {ctx.model!r} has {n_layers} "
+                f"feature layers; give one weight per layer (shallow to deep)."
+            )
+
+    def _new_net(self) -> nn.Module:
+        c, size = self.shape
+        net = create_model(self.ctx.model, c, self.num_classes, size, **(self.ctx.model_kwargs or {}))
+        return net.to(self.device).train()
+
+    # -- pieces of one iteration -------------------------------------------------------------------
+    def _image_step(self, net: nn.Module) -> tuple[float, float, float, float]:
+        """One image step on L (§5.2); returns (total, align, last, discrimination) loss values."""
+        cfg, k = self.config, self.num_classes
+        xr, yr = self.sampler.batch_all(cfg.batch_real, self.generators["real"])
+        xs = self.syn
+        if self.augment is not None:
+            xr, xs = self.augment.siamese_groups([xr, xs], [yr, self.labels], generator=self.generators["aug"],
+                                                 num_groups=k)
+        counts = torch.bincount(yr, minlength=k)
+        with torch.no_grad():
+            sums, f5_real = None, []
+            for start in range(0, len(xr), REAL_CHUNK):
+                outs = net.layer_outputs(xr[start:start + REAL_CHUNK])
+                yb = yr[start:start + REAL_CHUNK]
+                if sums is None:
+                    sums = [torch.zeros((k,) + tuple(f.shape[1:]), dtype=f.dtype, device=f.device) for f in outs]
+                for s, f in zip(sums, outs):
+                    s.index_add_(0, yb, f)
+                f5_real.append(outs[-1].flatten(1))
+            mean_real = [s / counts.to(s.dtype).view((-1,) + (1,) * (s.ndim - 1)) for s in sums]
+            f5_real = torch.cat(f5_real)
+        feats_syn = net.layer_outputs(xs)
+        mean_syn = [f.reshape((k, self.ipc) + tuple(f.shape[1:])).mean(1) for f in feats_syn]
+        align = sum(w * (mr - ms).pow(2).sum() for w, mr, ms in zip(self.layer_weights, mean_real, mean_syn))
+        centre_syn = mean_syn[-1].flatten(1)
+        last = (centre_syn - mean_real[-1].flatten(1)).pow(2).sum()
+        disc = F.cross_entropy(f5_real @ centre_syn.t(), yr, reduction="sum")
+        loss = align + cfg.weight_last * last + cfg.weight_discrimination * disc
+        grad = torch.autograd.grad(loss, self.syn)[0]
+        self.opt.zero_grad(set_to_none=True)
+        self.syn.grad = grad
+        self.opt.step()
+        return float(loss.detach()), float(align.detach()), float(last.detach()), float(disc.detach())
+
+    @torch.no_grad()
+    def _probe(self, net: nn.Module) -> float:
+        """Mean per-class accuracy of ``net`` on ``probe_per_class`` fresh real images per class."""
+        x, y = self.sampler.batch_all(self.config.probe_per_class, self.generators["probe"])
+        correct = torch.cat([net(x[s:s + REAL_CHUNK]).argmax(1) for s in range(0, len(x), REAL_CHUNK)]) == y
+        per_class = class_means(correct.float(), y, self.num_classes)
+        return float(per_class.mean())
+
+    def step(self, it: int) -> float:
+        cfg = self.config
+        lr = halved_lr(cfg.lr_img, it, self.milestones)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        net = self._new_net()
+        opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
+        augment = None
+        if self.augment is not None:
+            augment = lambda xb: self.augment(xb, generator=self.generators["aug"])  # noqa: E731
+        outer = LoopWatcher(cfg.lambda1, "stable", cfg.watch_window, self.carry, cfg.max_outer_steps)
+        parts, epochs = [], 0
+        while True:
+            parts.append(self._image_step(net))
+            if outer.update(self._probe(net)):
+                break
+            inner = LoopWatcher(cfg.lambda2, "changed", cfg.watch_window, self.carry, cfg.max_inner_epochs)
+            while True:
+                train_on_synthetic(net, opt_net, self.syn, self.labels, 1, cfg.batch_train,
+                                   self.generators["shuffle"], augment)
+                epochs += 1
+                if inner.update(self._probe(net)):
+                    break
+            self.cap_hits["inner"] += inner.reason == "cap"
+        self.cap_hits["outer"] += outer.reason == "cap"
+        n = len(parts)
+        means = [sum(p[i] for p in parts) / n for i in range(4)]
+        self.stats["outer_steps"].append(float(n))
+        self.stats["inner_epochs"].append(float(epochs))
+        self.stats["align_loss_curve"].append(means[1])
+        self.stats["last_loss_curve"].append(means[2])
+        self.stats["disc_loss_curve"].append(means[3])
+        return means[0]
+
+    # -- state and result --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["stats"] = {k: list(v) for k, v in self.stats.items()}
+        state["cap_hits"] = dict(self.cap_hits)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.stats = {k: list(v) for k, v in state["stats"].items()}
+        self.cap_hits = dict(state["cap_hits"])
+
+    def result(self) -> Synthetic:
+        info: dict = dict(self.stats)
+        steps = self.stats["outer_steps"]
+        if steps:
+            info["mean_outer_steps"] = sum(steps) / len(steps)
+            info["mean_inner_epochs"] = sum(self.stats["inner_epochs"]) / len(steps)
+        info["outer_cap_hits"] = float(self.cap_hits["outer"])
+        info["inner_cap_hits"] = float(self.cap_hits["inner"])
+        info["mean_abs_change"] = float((self.syn.detach().cpu() - self.init_images).abs().mean())
+        return Synthetic(images=self.syn.detach().cpu().clone(), labels=self.labels.cpu().clone(), info=info)
