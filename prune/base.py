@@ -120,20 +120,3 @@ def class_budgets(counts: list[int], fraction: float) -> list[int]:
             quota[donor] -= 1
             quota[c] += 1
     return [min(q, n) for q, n in zip(quota, counts)]
-
-
-def top_k_per_class(ds: ImageDataset, scores: torch.Tensor, fraction: float, higher_is_keep: bool,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Indices of the best-scored examples of each class, with seeded random tie-breaking."""
-    budgets = class_budgets(ds.class_counts(), fraction)
-    keep = []
-    for c, idx in enumerate(ds.class_indices()):
-        s = scores[idx].double()
-        if not higher_is_keep:
-            s = -s
-        jitter = torch.rand(len(idx), generator=generator, dtype=torch.float64) if generator is not None else \
-            torch.zeros(len(idx), dtype=torch.float64)
-        # Sort by score, then by the random jitter: ties are broken at random but reproducibly.
-        order = sorted(range(len(idx)), key=lambda i: (-float(s[i]), float(jitter[i])))
-        keep.append(idx[torch.tensor(order[: budgets[c]], dtype=torch.long)])
-    return torch.sort(torch.cat(keep)).values if keep else torch.empty(0, dtype=torch.long)

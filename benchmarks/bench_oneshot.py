@@ -1,0 +1,161 @@
+"""Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center) against random on a real source.
+
+Scores are computed once per (method, seed) and reused for every fraction; each subset is evaluated with
+:func:`core.train.evaluate` (one run per seed, the given protocol and model). Results are appended to a
+JSON-lines file as they come (a partial run keeps what it measured); a Markdown table of mean ± std over
+seeds is printed at the end (``--table-only`` re-prints it from the JSON file without running anything).
+
+Run it under the shared lock, e.g.
+    flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_oneshot.py \
+        --source parquet:../shared/datasets/mnist --model lenet --seeds 0 1 2 --fractions 0.01 0.05 0.1 0.3
+
+Also measures the GEDA selection step alone on the source's gradient norms (``--geda-timing``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import prune  # noqa: E402,F401
+from core.context import RunContext  # noqa: E402
+from core.data import load_source  # noqa: E402
+from core.train import evaluate  # noqa: E402
+from prune.base import SELECTORS  # noqa: E402
+
+# label → (registered selector, config overrides, which score cache to share)
+METHODS = {
+    "random": ("random", {}, None),
+    "forgetting": ("forgetting", {}, "forgetting"),
+    "geda-systematic": ("geda", {"fill": "systematic"}, "geda"),
+    "geda-random": ("geda", {"fill": "random"}, "geda"),
+    "herding": ("herding", {}, "herding"),
+    "kcenter": ("kcenter", {}, "kcenter"),
+}
+
+
+def make_selector(label: str):
+    name, overrides, _ = METHODS[label]
+    cls = SELECTORS.get(name)
+    return cls(cls.config_cls(**overrides))
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    src = load_source(args.source)
+    train, test = src.train, src.test
+    print(f"loaded {args.source}: {len(train)} train, {len(test)} test in {time.perf_counter() - t0:.1f}s",
+          flush=True)
+    out = Path(args.json)
+    device = torch.device(args.device)
+    for seed in args.seeds:
+        ctx = RunContext(seed=seed, device=device, model=args.model)
+        cache: dict[str, tuple[torch.Tensor, float]] = {}
+        for label in args.methods:
+            sel = make_selector(label)
+            key = METHODS[label][2]
+            score_s = 0.0
+            scores = None
+            if key is not None:
+                if key not in cache:
+                    t = time.perf_counter()
+                    s = sel.score(train, ctx)
+                    cache[key] = (s, time.perf_counter() - t)
+                scores, score_s = cache[key]
+            for fraction in args.fractions:
+                t = time.perf_counter()
+                selection = sel.select(train, fraction, ctx, scores=scores)
+                select_s = time.perf_counter() - t
+                subset = train.subset(selection.indices, selection.weights)
+                ev = evaluate(subset, test, model_name=args.model, protocol=args.protocol, runs=1, seed=seed,
+                              device=device)
+                info = {k: v for k, v in selection.info.items() if isinstance(v, (int, float))}
+                row = {"source": args.source, "model": args.model, "protocol": args.protocol, "seed": seed,
+                       "method": label, "fraction": fraction, "n": len(selection.indices),
+                       "accuracy": ev.accuracies[0], "score_seconds": score_s, "select_seconds": select_s,
+                       "train_seconds": ev.train_seconds[0], "info": info}
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"seed {seed} {label:16s} f={fraction:<5} acc={100 * ev.accuracies[0]:6.2f}% "
+                      f"score={score_s:7.2f}s select={select_s:6.3f}s train={ev.train_seconds[0]:6.1f}s "
+                      f"[{time.perf_counter() - t0:7.1f}s]", flush=True)
+        if args.geda_timing and "geda" in cache:
+            geda_timing(train, cache["geda"][0], ctx)
+
+
+def geda_timing(train, norms: torch.Tensor, ctx: RunContext) -> None:
+    """The GEDA selection step alone, given the gradient norms, for each solver and fill (best of 3)."""
+    cls = SELECTORS.get("geda")
+    for milp in ("reduced", "closed_form"):
+        for fill in ("systematic", "random"):
+            sel = cls(cls.config_cls(milp=milp, fill=fill))
+            for fraction in (0.01, 0.1, 0.3):
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    sel.select(train, fraction, ctx, scores=norms)
+                    times.append(time.perf_counter() - t)
+                print(f"geda-timing n={len(train)} milp={milp} fill={fill} f={fraction}: "
+                      f"best {min(times):.3f}s, worst {max(times):.3f}s", flush=True)
+
+
+def table(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["source"], r["method"], r["fraction"]), []).append(r)
+    fractions = sorted({r["fraction"] for r in rows})
+    sources = sorted({r["source"] for r in rows})
+    lines = []
+    for source in sources:
+        methods = [m for m in METHODS if any(k[0] == source and k[1] == m for k in groups)]
+        lines.append(f"\n{source}: test accuracy % (mean ± std over seeds; n seeds in brackets)\n")
+        lines.append("| method | " + " | ".join(f"f = {f}" for f in fractions) + " | score s | select s (per fraction) |")
+        lines.append("|---|" + "---|" * len(fractions) + "---|---|")
+        for m in methods:
+            cells, score_s, select_s = [], [], []
+            for f in fractions:
+                g = groups.get((source, m, f), [])
+                if not g:
+                    cells.append("–")
+                    continue
+                acc = [100 * r["accuracy"] for r in g]
+                sd = statistics.pstdev(acc) if len(acc) > 1 else 0.0
+                cells.append(f"{statistics.mean(acc):.2f} ± {sd:.2f} ({len(acc)})")
+                score_s += [r["score_seconds"] for r in g]
+                select_s += [r["select_seconds"] for r in g]
+            lines.append(f"| {m} | " + " | ".join(cells) +
+                         f" | {statistics.mean(score_s):.1f} | {statistics.mean(select_s):.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="parquet:../shared/datasets/mnist")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--protocol", default="quick")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: avoids the slowdown of spinning threads on a shared 2-core box)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--json", default="/tmp/bench_oneshot.jsonl", help="JSON-lines file the rows are appended to")
+    p.add_argument("--geda-timing", action="store_true", help="also time the GEDA selection step alone")
+    p.add_argument("--table-only", action="store_true", help="print the table of --json and exit")
+    args = p.parse_args(argv)
+    if not args.table_only:
+        run(args)
+    print(table(args.json))
+
+
+if __name__ == "__main__":
+    main()
