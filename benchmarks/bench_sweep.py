@@ -1,6 +1,6 @@
 """Sweep wall time with 1 and 2 Dask workers (issue 6): the same compare, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_sweep.py [--source builtin:mnist-mini] [--out benchmarks/results/sweep.md]
+    .venv/bin/python benchmarks/bench_sweep.py [--source builtin:mnist-mini] [--out sweep.md]
 
 Cells: random at 4 fractions × 2 seeds (8 cells) + full data, model convnet-s, protocol quick, 1
 evaluation run each. Each configuration runs in a fresh process (so each pays its own Prefect and
@@ -34,7 +34,7 @@ def run(workers: int, source: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", default="builtin:mnist-mini")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sweep.md"))
+    ap.add_argument("--out", default="/tmp/smallset-sweep.md", help="where the Markdown section is written")
     a = ap.parse_args()
     times = {w: run(w, a.source) for w in (1, 2)}
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
