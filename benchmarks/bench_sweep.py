@@ -51,8 +51,7 @@ seeds 0, 1 (8 cells) + the full-data row on `{a.source}`, model convnet-s, proto
 
 Command: `.venv/bin/python benchmarks/bench_sweep.py --source {a.source}`
 
-With 2 cores and PyTorch using both cores inside each worker, two workers compete for the same cores:
-the speed-up comes only from overlapping the serial parts (start-up, data loading, logging).
+Both configurations run back to back in this script; compare them with each other only.
 """
     Path(a.out).write_text(text)
     print(text)
