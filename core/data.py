@@ -21,7 +21,7 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -227,11 +227,6 @@ def load_source(spec: str, data_root: str | os.PathLike | None = None, download:
     return loader(arg, spec=spec, data_root=data_root, download=download)
 
 
-def load_train_test(spec: str, **kw) -> tuple[ImageDataset, ImageDataset | None]:
-    src = load_source(spec, **kw)
-    return src.train, src.test
-
-
 # parquet -------------------------------------------------------------------------------------------
 def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> ImageDataset:
     import pyarrow as pa
@@ -414,7 +409,3 @@ def _torchvision_source(arg: str, spec: str, data_root=None, download: bool = Tr
     train = ImageDataset(xtr, ytr, classes, mean, std, name=spec, source_index=torch.arange(len(ytr)))
     test = ImageDataset(xte, yte, classes, mean, std, name=spec)
     return Source(spec, train, test)
-
-
-def with_weights(ds: ImageDataset, weights: torch.Tensor | None) -> ImageDataset:
-    return replace(ds, weights=weights, _digest=None)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-import threading
 import time
 import typing
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +99,6 @@ def _coerce(method: str, key: str, value: Any, hint) -> Any:
 def check_model(name: str) -> str:
     MODELS.get(name)
     return name
-
-
-_MODEL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -388,19 +384,6 @@ def log_run(spec, source, red, evals, path, digest, meta, parent_run_id, row) ->
                 np.save(p, red.scores.numpy())
                 tracking.log_file(run_id, p, "scores")
     return run_id
-
-
-def run_cell(spec: CellSpec, source: Source, output: Path | None = None, parent_run_id: str | None = None,
-             scores: Any = None, score_seconds: float = 0.0) -> dict:
-    """Reduce, evaluate, write and log one cell (the body of every prune/distill run)."""
-    validate(spec)
-    red = reduce(spec, source, scores=scores, score_seconds=score_seconds)
-    evals: dict[str, EvalResult] = {}
-    if not spec.no_eval:
-        for name in spec.evaluation_models:
-            evals[name] = evaluate_reduced(spec, red.dataset, source.test, name)
-    out = Path(output or spec.output or default_output(source.id, spec, spec.budget.for_kind(spec.kind, source.train)))
-    return write_and_log(spec, source, red, evals, out, parent_run_id)
 
 
 def full_data_row(source: Source, spec: CellSpec, parent_run_id: str | None = None) -> dict:
