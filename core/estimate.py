@@ -16,7 +16,7 @@ import torch
 
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
+from core.models import seeded_model
 
 GiB = 1024 ** 3
 
@@ -70,7 +70,8 @@ def estimate_training(ds: ImageDataset, model_name: str, model_kwargs: dict | No
                       extra_images: int = 0) -> Estimate:
     """Estimate for training ``model_name`` on ``ds`` (``extra_images``: more images held at once, e.g.
     the real batches of every class a condenser matches against)."""
-    model = create_model(model_name, ds.channels, ds.num_classes, ds.image_size, **(model_kwargs or {})).to(device)
+    # seeded_model, not create_model: its lock keeps this probe off other threads' seeded initialisations.
+    model = seeded_model(model_name, ds.channels, ds.num_classes, ds.image_size, 0, **(model_kwargs or {})).to(device)
     image_bytes = ds.channels * ds.image_size[0] * ds.image_size[1] * 4
     data = 2 * len(ds) * image_bytes
     params = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -5,9 +5,11 @@ penultimate features (what herding, k-center and DM work on) and ``classifier`` 
 whose input is ``embed(x)``; GEDA's and CREST's last-layer gradients use it).
 
     model = create_model("convnet", channels=1, num_classes=10, image_size=(28, 28), width=64)
+    model = seeded_model("convnet", 1, 10, (28, 28), seed=0)   # the same weights for the same seed, any thread
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -27,6 +29,35 @@ def create_model(name: str, channels: int, num_classes: int, image_size: tuple[i
         return factory(channels=channels, num_classes=num_classes, image_size=tuple(image_size), **kwargs)
     except TypeError as e:
         raise SmallsetError(f"Bad options for model {name!r}: {e}.") from None
+
+
+_INIT_LOCK = threading.Lock()
+
+
+def seeded_model(name: str, channels: int, num_classes: int, image_size: tuple[int, int],
+                 seed: int | torch.Generator, **kwargs) -> nn.Module:
+    """:func:`create_model` whose initial weights depend only on ``seed``, safely from any thread.
+
+    ``seed`` is an int (the weights ``torch.manual_seed(seed)`` would give on the CPU) or a CPU
+    ``torch.Generator``, whose state is used and advanced, so that successive calls draw successive networks.
+    PyTorch's layer initialisers draw from the process-wide CPU RNG; this swaps the seed's state in under a
+    process-wide lock and puts the caller's state back, so concurrent threads cannot consume each other's
+    random numbers (``compare --runner threads --workers N``) and the caller's global RNG is left untouched.
+    The model is built on the CPU; move it with ``.to(device)``.
+    """
+    with _INIT_LOCK:
+        saved = torch.get_rng_state()
+        try:
+            if isinstance(seed, torch.Generator):
+                torch.set_rng_state(seed.get_state())
+            else:
+                torch.random.default_generator.manual_seed(int(seed))
+            model = create_model(name, channels, num_classes, image_size, **kwargs)
+            if isinstance(seed, torch.Generator):
+                seed.set_state(torch.get_rng_state())
+        finally:
+            torch.set_rng_state(saved)
+    return model
 
 
 def model_names() -> list[str]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
+from core.models import seeded_model
 from core.registry import Registry
 
 # Training-time augmentations, name → fn(x_normalised, generator) -> x; "dsa" is registered by distill.augment.
@@ -121,10 +121,7 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
 
 
 def _seeded_model(model_name: str, ds: ImageDataset, seed: int, model_kwargs: dict | None, device) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = create_model(model_name, ds.channels, ds.num_classes, ds.image_size, **(model_kwargs or {}))
-    return model.to(device)
+    return seeded_model(model_name, ds.channels, ds.num_classes, ds.image_size, seed, **(model_kwargs or {})).to(device)
 
 
 def fit(

@@ -40,8 +40,9 @@ class Condenser:
     - :meth:`result` returns the :class:`Synthetic` set.
 
     All randomness must come from ``self.generators`` (named ``torch.Generator`` objects made in
-    ``setup``) or the global torch RNG: both are saved in every checkpoint, so a resumed run continues
-    exactly where the interrupted one stopped. Tensors/optimisers to checkpoint are listed by
+    ``setup``; networks are initialised from one with :func:`core.models.seeded_model`), never from the
+    global torch RNG, which other threads share. The generators are saved in every checkpoint, so a resumed
+    run continues exactly where the interrupted one stopped. Tensors/optimisers to checkpoint are listed by
     :meth:`state_dict` (default: ``self.syn`` and ``self.opt``; extend it for more state).
     """
 
@@ -95,7 +96,6 @@ class Condenser:
         import time
 
         ipc = check_ipc(ipc, ds)
-        torch.manual_seed(ctx.seed)
         self.setup(ds, ipc, ctx)
         total = self.iterations()
         start, losses = 0, []
@@ -140,8 +140,6 @@ class Condenser:
             "method": self.name,
             "config": self.params(),
             "state": self.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "generators": {k: g.get_state() for k, g in self.generators.items()},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,9 +160,6 @@ class Condenser:
                 f"resume with the same options or delete it."
             )
         self.load_state_dict(state["state"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         for k, g_state in state["generators"].items():
             self.generators[k].set_state(g_state)
         return int(state["iteration"]), list(state["losses"])

@@ -35,9 +35,9 @@ Differences from the reference code (which only runs 10-class 3×32×32 data):
 - Caps: the reference's loops have no upper bound. ``max_outer_steps`` and ``max_inner_epochs``
   (default 100 each, well above the 10-step minimum the window implies) stop a loop that never meets its
   rule, so a run always ends; ``info`` counts how often each cap fired.
-- Randomness: real batches, probes, inner-loop shuffling and augmentation come from named, checkpointed
-  generators and the networks from the seeded global RNG (the reference uses numpy's global RNG and
-  wall-clock seeds), so runs are reproducible and resume exactly.
+- Randomness: real batches, probes, inner-loop shuffling, augmentation and the networks' initialisations
+  (:func:`core.models.seeded_model`) come from named, checkpointed generators (the reference uses numpy's
+  global RNG and wall-clock seeds), so runs are reproducible, resume exactly and are safe beside other threads.
 
 ``Synthetic.info``: ``loss_curve`` (mean total loss of the image steps of each iteration) and, per
 iteration, ``align_loss_curve``/``last_loss_curve``/``disc_loss_curve`` (the three terms, unweighted
@@ -57,9 +57,8 @@ import torch.nn.functional as F
 from core.context import RunContext
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
-from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
-from distill.dc import RealSampler, check_positive, train_on_synthetic
+from distill.base import Condenser, Synthetic, register_condenser
+from distill.dc import check_positive, new_network, setup_matching_state, train_on_synthetic
 
 REAL_CHUNK = 1024  # real images per no-grad forward (memory bound)
 
@@ -167,8 +166,6 @@ class CAFECondenser(Condenser):
                              "max_outer_steps", "max_inner_epochs"])
         check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],
                        allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
-        if cfg.init not in ("real", "noise"):
-            raise SmallsetError(f"--init must be real or noise; got {cfg.init!r}.")
         if cfg.watch_window < 2:
             raise SmallsetError(f"--watch-window must be at least 2; got {cfg.watch_window}.")
         halving = parse_floats(cfg.lr_halving, "lr-halving")
@@ -179,23 +176,7 @@ class CAFECondenser(Condenser):
         if any(w < 0 for w in self.layer_weights):
             raise SmallsetError("--layer-weights must not be negative.")
 
-        self.ctx, self.ipc = ctx, ipc
-        self.device = torch.device(ctx.device)
-        self.num_classes = ds.num_classes
-        self.shape = (ds.channels, ds.image_size)
-        self.generators = {
-            "init": ctx.generator(1),
-            "real": ctx.generator(2),
-            "shuffle": ctx.generator(3),
-            "aug": ctx.generator(4),
-            "probe": ctx.generator(5),
-        }
-        syn, labels = init_synthetic(ds, ipc, cfg.init, self.generators["init"])
-        self.init_images = syn.clone()
-        self.syn = syn.to(self.device).requires_grad_(True)
-        self.labels = labels.to(self.device)
-        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
-        self.sampler = RealSampler(ds, self.device)
+        setup_matching_state(self, ds, ipc, ctx, probe=5)
         self.augment = None
         if cfg.dsa:
             from distill.augment import DSA, default_strategy
@@ -221,9 +202,7 @@ class CAFECondenser(Condenser):
             )
 
     def _new_net(self) -> nn.Module:
-        c, size = self.shape
-        net = create_model(self.ctx.model, c, self.num_classes, size, **(self.ctx.model_kwargs or {}))
-        return net.to(self.device).train()
+        return new_network(self)
 
     # -- pieces of one iteration -------------------------------------------------------------------
     def _image_step(self, net: nn.Module) -> tuple[float, float, float, float]:

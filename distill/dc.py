@@ -14,8 +14,9 @@ Implementation notes (all equivalent to the reference code unless said otherwise
   the same gradient up to float summation order, with one class's second-order graph in memory at a time,
   and no stray gradients left on the network's weights.
 - Real batches: per class, a fresh random permutation of that class's examples, first ``batch_real``
-  (§1.1); all sampling uses named, checkpointed generators and the network is drawn from the seeded global
-  torch RNG, so a run is reproducible and resumes exactly (the reference reseeds from the wall clock).
+  (§1.1); all sampling, network initialisations included, uses named, checkpointed generators
+  (:func:`core.models.seeded_model`), so a run is reproducible, resumes exactly and is safe beside other
+  threads (the reference reseeds from the wall clock).
 - Networks with BatchNorm layers get the reference's treatment: before each outer step 16 real images
   per class are forwarded in train mode and the BatchNorm layers are then frozen (§2.3).
 - ``momentum_net`` defaults to 0 (current reference code); the original DC code used 0.5 (§2.3).
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from core.context import RunContext
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
+from core.models import seeded_model
 from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
 # get_loops of the reference code (§2.4): ipc → (outer_loop, inner_loop).
@@ -185,6 +186,43 @@ def check_positive(cfg, names: Sequence[str], allow_zero: Sequence[str] = ()) ->
 
 
 # --- the condenser ----------------------------------------------------------------------------------
+def setup_matching_state(cond: Condenser, ds: ImageDataset, ipc: int, ctx: RunContext, **more_generators: int) -> None:
+    """The run state DC, DSA and CAFE share, set on ``cond``: context, device, shapes, named generators
+    (``init``, ``real``, ``shuffle``, ``aug``, ``net``, plus ``more_generators`` name → offset), the synthetic
+    images initialised by ``cond.config.init`` with their SGD optimiser (``lr_img``, ``momentum_img``) and
+    the per-class real-image sampler."""
+    cfg = cond.config
+    if cfg.init not in ("real", "noise"):
+        raise SmallsetError(f"--init must be real or noise; got {cfg.init!r}.")
+    cond.ctx, cond.ipc = ctx, ipc
+    cond.device = torch.device(ctx.device)
+    cond.num_classes = ds.num_classes
+    cond.shape = (ds.channels, ds.image_size)
+    cond.generators = {
+        "init": ctx.generator(1),
+        "real": ctx.generator(2),
+        "shuffle": ctx.generator(3),
+        "aug": ctx.generator(4),
+        **{name: ctx.generator(offset) for name, offset in more_generators.items()},
+        # networks: the stream torch.manual_seed(seed) gives, as before this was a named generator
+        "net": torch.Generator().manual_seed(ctx.seed),
+    }
+    syn, labels = init_synthetic(ds, ipc, cfg.init, cond.generators["init"])
+    cond.init_images = syn.clone()
+    cond.syn = syn.to(cond.device).requires_grad_(True)
+    cond.labels = labels.to(cond.device)
+    cond.opt = torch.optim.SGD([cond.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
+    cond.sampler = RealSampler(ds, cond.device)
+
+
+def new_network(cond: Condenser) -> nn.Module:
+    """The next freshly initialised network of ``cond``'s ``net`` generator, in train mode on its device."""
+    c, size = cond.shape
+    net = seeded_model(cond.ctx.model, c, cond.num_classes, size, cond.generators["net"],
+                       **(cond.ctx.model_kwargs or {}))
+    return net.to(cond.device).train()
+
+
 @register_condenser("dc")
 class DCCondenser(Condenser):
     """Gradient matching (§2.3): per iteration a fresh network, ``outer_loop`` joint image steps, each
@@ -199,24 +237,7 @@ class DCCondenser(Condenser):
         check_positive(cfg, ["iterations", "outer_loop", "lr_img", "lr_net", "batch_real", "batch_train"])
         check_positive(cfg, ["inner_loop", "momentum_img", "momentum_net"],
                        allow_zero=["inner_loop", "momentum_img", "momentum_net"])
-        if cfg.init not in ("real", "noise"):
-            raise SmallsetError(f"--init must be real or noise; got {cfg.init!r}.")
-        self.ctx, self.ipc = ctx, ipc
-        self.device = torch.device(ctx.device)
-        self.num_classes = ds.num_classes
-        self.shape = (ds.channels, ds.image_size)
-        self.generators = {
-            "init": ctx.generator(1),
-            "real": ctx.generator(2),
-            "shuffle": ctx.generator(3),
-            "aug": ctx.generator(4),
-        }
-        syn, labels = init_synthetic(ds, ipc, cfg.init, self.generators["init"])
-        self.init_images = syn.clone()
-        self.syn = syn.to(self.device).requires_grad_(True)
-        self.labels = labels.to(self.device)
-        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
-        self.sampler = RealSampler(ds, self.device)
+        setup_matching_state(self, ds, ipc, ctx)
         self.augment = self.make_augment(ds) if self.siamese else None
         self._new_net()  # fail early on a bad model name or options
 
@@ -225,9 +246,7 @@ class DCCondenser(Condenser):
         raise NotImplementedError
 
     def _new_net(self) -> nn.Module:
-        c, size = self.shape
-        net = create_model(self.ctx.model, c, self.num_classes, size, **(self.ctx.model_kwargs or {}))
-        return net.to(self.device).train()
+        return new_network(self)
 
     def step(self, it: int) -> float:
         cfg, ipc = self.config, self.ipc

@@ -35,7 +35,7 @@ import torch
 from core.context import RunContext
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
+from core.models import seeded_model
 from distill.augment import DSA, default_strategy, parse_strategy
 from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
@@ -121,10 +121,8 @@ class DM(Condenser):
 
     def _network(self) -> torch.nn.Module:
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generators["net"]))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = create_model(self.ctx.model, self.channels, self.num_classes, self.size,
-                               **(self.ctx.model_kwargs or {}))
+        net = seeded_model(self.ctx.model, self.channels, self.num_classes, self.size, seed,
+                           **(self.ctx.model_kwargs or {}))
         net = net.to(self.device)
         net.requires_grad_(False)
         net.train()  # as the reference; instance norm behaves the same in both modes

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from core.context import RunContext
 from core.data import ImageDataset
 from core.errors import SmallsetError
-from core.models import create_model
+from core.models import seeded_model as _seeded
 from prune.base import Selection, Selector, check_fraction, class_budgets
 
 
@@ -25,9 +25,8 @@ def seeded_model(ds: ImageDataset, ctx: RunContext, offset: int = 0) -> nn.Modul
     and ``offset``; the global RNG state is left untouched. Placed on ``ctx.device``."""
     if len(ds) == 0:
         raise SmallsetError("The dataset is empty; there is nothing to score.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed * 7919 + offset)
-        model = create_model(ctx.model, ds.channels, ds.num_classes, ds.image_size, **(ctx.model_kwargs or {}))
+    model = _seeded(ctx.model, ds.channels, ds.num_classes, ds.image_size, ctx.seed * 7919 + offset,
+                         **(ctx.model_kwargs or {}))
     return model.to(ctx.device)
 
 
