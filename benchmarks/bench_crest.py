@@ -8,18 +8,27 @@ fifth of every budget), two ×0.1 decays), it trains:
 - ``full``: every epoch a pass over the shuffled full training set (ceil(N/B) steps per epoch);
 - ``random@f``: every epoch a fresh uniform random subset of floor(f·N) examples, one pass (the reference's
   ``random`` baseline: ceil(floor(f·N)/B) steps per epoch, so exactly CREST's step budget);
-- ``crest@f``: :class:`prune.crest.CrestSelector` at fraction f (same steps).
+- ``crest@f``: :class:`prune.crest.CrestSelector` at fraction f (same steps), reference settings;
+- ``crest-fast@f`` (with ``--variants crest,crest-fast``): the same with the two documented deviations of
+  :mod:`prune.crest` that target CPU cost: ``consistent_check`` (L0 is the random subsets' own loss, so the
+  check stops firing on the coreset/random-subset loss gap) and ``check_subsets=1`` (the check's forward pass
+  covers one random subset instead of all P).
 
 and reports final test accuracy and wall-clock training time (CREST's selection and checks included; test
 evaluation excluded for all). The speed-up is full-data seconds / CREST seconds of the same seed.
 
-    flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_crest.py --threads 1 --plan mnist:0,cifar10:0
+    flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_crest.py --threads 2 \
+        --plan mnist:0,cifar10:0,mnist:1,cifar10:1,mnist:2,cifar10:2 --epochs 10 --lr-milestones 6,9 \
+        --fractions 0.1,0.2 --variants crest,crest-fast --json /tmp/bench_crest.jsonl
+
+(the BENCHMARKS.md run; ``--table-only --json FILE`` re-prints the table of a JSON-lines file).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -38,6 +47,7 @@ from core.models import create_model  # noqa: E402
 from core.train import accuracy  # noqa: E402
 from prune.crest import CrestConfig, CrestSelector, lr_for_epoch  # noqa: E402
 
+VARIANTS = {"crest": {}, "crest-fast": {"consistent_check": True, "check_subsets": 1}}  # name → CrestConfig overrides
 DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",
             "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
 
@@ -93,15 +103,26 @@ def main():
     ap.add_argument("--lr-milestones", default="3,4")
     ap.add_argument("--drop-interval", type=int, default=1)
     ap.add_argument("--fractions", default="0.1,0.2")
+    ap.add_argument("--variants", default="crest", help=f"comma-separated CREST variants of {sorted(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--json", default="", help="append one JSON line per run here")
+    ap.add_argument("--table-only", action="store_true", help="re-print the table of the --json file and exit")
     args = ap.parse_args()
+    if args.table_only:
+        if not args.json or not Path(args.json).exists():
+            ap.error("--table-only needs --json FILE written by an earlier run")
+        summarize([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()])
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = CrestConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr_milestones=args.lr_milestones,
                       drop_interval=args.drop_interval)
     fractions = [float(f) for f in args.fractions.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
     plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
     began = time.perf_counter()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
@@ -120,41 +141,56 @@ def main():
             print(f"# loaded {name}: {len(src.train)} train / {len(src.test)} test in "
                   f"{time.perf_counter() - t:.1f}s", flush=True)
         ds, test = sources[name]
-        runs = [("full", None)] + [(k, f) for f in fractions for k in ("random", "crest")]
+        runs = [("full", None)] + [(k, f) for f in fractions for k in ("random", *variants)]
         for kind, f in runs:
-            if kind == "crest":
+            if kind in VARIANTS:
                 ctx = RunContext(seed=seed, device=device, model=args.model, test=test)
-                sel = CrestSelector(replace(cfg)).select(ds, f, ctx)
+                sel = CrestSelector(replace(cfg, **VARIANTS[kind])).select(ds, f, ctx)
                 info = sel.info
                 res = {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
                        "steps": int(info["steps"]), "selection_seconds": info["selection_seconds"],
                        "check_seconds": info["check_seconds"], "selections": int(info["selections"]),
+                       "checks": len(info["check_error"]), "kappa_first_last": [info["kappa"][0], info["kappa"][-1]],
+                       "epoch_selections": info["epoch_selections"],
                        "dropped": int(info["dropped"]), "distinct_examples": len(sel.indices),
                        "final_check_interval": info["check_interval"][-1],
                        "final_num_coresets": info["num_coresets"][-1]}
             else:
                 res = train_baseline(ds, test, cfg, args.model, seed, device, f)
             row = {"dataset": name, "seed": seed, "run": kind if f is None else f"{kind}@{f:g}", **res,
-                   "elapsed": round(time.perf_counter() - began, 1)}
+                   "elapsed": round(time.perf_counter() - began, 1), "load1": round(os.getloadavg()[0], 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.json:
                 with open(args.json, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-    # Summary: mean ± std over seeds; speed-up = full seconds / run seconds of the same seed.
-    print("\n| dataset | run | steps | test acc. (%) | train s | speed-up vs full | seeds |")
-    print("|---|---|---|---|---|---|---|")
+    summarize(rows)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Markdown table: mean ± std over seeds; speed-up = full seconds / run seconds of the same seed;
+    for CREST runs also the share of its time spent selecting and checking, and its selections."""
+    print("\n| dataset | run | SGD steps | test acc. (%) | Δ vs full | train s | speed-up vs full | "
+          "selection+check share | selections | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["dataset"] for r in rows):
         full = {r["seed"]: r for r in rows if r["dataset"] == name and r["run"] == "full"}
         for run in dict.fromkeys(r["run"] for r in rows if r["dataset"] == name):
             rs = [r for r in rows if r["dataset"] == name and r["run"] == run and r["seed"] in full]
+            if not rs:
+                continue
             acc = [100 * r["test_accuracy"] for r in rs]
+            delta = [100 * (r["test_accuracy"] - full[r["seed"]]["test_accuracy"]) for r in rs]
             sec = [r["train_seconds"] for r in rs]
             spd = [full[r["seed"]]["train_seconds"] / r["train_seconds"] for r in rs]
             sd = statistics.pstdev(acc) if len(acc) > 1 else 0.0
+            share = sels = "–"
+            if "selection_seconds" in rs[0]:
+                share = f"{100 * statistics.mean(r['selection_seconds'] / r['train_seconds'] for r in rs):.0f} %"
+                sels = f"{statistics.mean(r['selections'] for r in rs):.0f}"
             print(f"| {name} | {run} | {rs[0]['steps']} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
-                  f"{statistics.mean(sec):.1f} | {statistics.mean(spd):.2f}× | {len(rs)} |")
-
+                  f"{statistics.mean(delta):+.2f} | {statistics.mean(sec):.1f} | {statistics.mean(spd):.2f}× | "
+                  f"{share} | {sels} | {len(rs)} |")
 
 if __name__ == "__main__":
     main()

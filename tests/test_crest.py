@@ -169,6 +169,48 @@ def test_quadratic_check_fires_only_when_loss_moves_away_from_the_model(tiny_dat
     assert run.check() is True
 
 
+def test_check_subsets_restricts_the_checks_loss_to_the_first_random_subsets(tiny_dataset, monkeypatch):
+    ds = tiny_dataset(n_per_class=20, num_classes=3)
+    drawn = {}
+    real = _Crest._random_subsets
+
+    def spy(self, P):
+        drawn["members"] = real(self, P)
+        return drawn["members"]
+
+    monkeypatch.setattr(_Crest, "_random_subsets", spy)
+    full = _Crest(small_cfg(num_minibatch_coreset=3), ds, 0.5, ctx_for())
+    full.select(epoch=1)
+    m = drawn["members"]
+    assert sorted(full.R_uniq.tolist()) == sorted(set(m[m >= 0].tolist()))  # reference: all P subsets
+    assert full.R_counts.sum().item() == (m >= 0).sum().item()  # duplicates across subsets counted
+    one = _Crest(small_cfg(num_minibatch_coreset=3, check_subsets=1), ds, 0.5, ctx_for())
+    one.select(epoch=1)
+    first = drawn["members"][:3]  # subset 0: one row per class
+    assert sorted(one.R_uniq.tolist()) == sorted(first[first >= 0].tolist())
+    assert one.R_counts.sum().item() == (first >= 0).sum().item() == 3 * math.ceil(0.3 * 60 / 3)
+    assert len(one.U) == 3 * 3 * 4  # coresets still come from all P subsets
+    with pytest.raises(SmallsetError, match="check-subsets"):
+        CrestSelector(small_cfg(check_subsets=-1)).select(ds, 0.5, ctx_for())
+
+
+def test_consistent_check_makes_the_quadratic_model_exact_at_selection(tiny_dataset):
+    ds = tiny_dataset(n_per_class=20, num_classes=3)
+    for check_subsets in (0, 1):
+        run = _Crest(small_cfg(consistent_check=True, check_subsets=check_subsets), ds, 0.5, ctx_for())
+        run.select(epoch=1)
+        with torch.no_grad():
+            ce = F.cross_entropy(run.model.eval()(run.x[run.R_uniq]), run.y[run.R_uniq], reduction="none")
+        run.model.train()
+        assert run.L0 == pytest.approx(float((ce * run.R_counts).sum() / run.R_counts.sum()), rel=1e-5)
+        assert run.check() is False and run.check_errors[-1] < 1e-5  # δ = 0: L_true = L0 exactly
+    # The reference's L0 is the weighted train-mode coreset loss: not the random subsets' loss in general.
+    ref = _Crest(small_cfg(), ds, 0.5, ctx_for())
+    ref.select(epoch=1)
+    ref.check()
+    assert ref.check_errors[-1] > 1e-4
+
+
 def test_threshold_controls_reselection_end_to_end(tiny_dataset):
     ds = tiny_dataset(n_per_class=20, num_classes=3)
     never = CrestSelector(small_cfg(epochs=5, check_thresh_factor=1e9)).select(ds, 0.5, ctx_for())
