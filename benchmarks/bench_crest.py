@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.context import RunContext  # noqa: E402
 from core.data import load_source  # noqa: E402
-from core.models import create_model  # noqa: E402
+from core.models import seeded_model  # noqa: E402
 from core.train import accuracy  # noqa: E402
 from prune.crest import CrestConfig, CrestSelector, lr_for_epoch  # noqa: E402
 
@@ -52,16 +52,9 @@ DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../
             "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
 
 
-def make_model(name, ds, seed, device):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = create_model(name, ds.channels, ds.num_classes, ds.image_size)
-    return model.to(device)
-
-
 def train_baseline(ds, test, cfg: CrestConfig, model_name, seed, device, fraction=None):
     """Full data (fraction None) or a fresh random floor(f·N) subset per epoch; CREST's schedule and optimiser."""
-    model = make_model(model_name, ds, seed, device)
+    model = seeded_model(model_name, ds.channels, ds.num_classes, ds.image_size, seed).to(device)  # = CREST's init
     x, y = ds.normalized().to(device), ds.labels.to(device)
     n, B = len(ds), cfg.batch_size
     n_epoch = n if fraction is None else math.floor(n * fraction)
@@ -150,7 +143,7 @@ def main():
                 res = {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
                        "steps": int(info["steps"]), "selection_seconds": info["selection_seconds"],
                        "check_seconds": info["check_seconds"], "selections": int(info["selections"]),
-                       "checks": len(info["check_error"]), "kappa_first_last": [info["kappa"][0], info["kappa"][-1]],
+                       "checks": len(info["check_error"]), "kappa_first_last": info["kappa"][:1] + info["kappa"][-1:],  # empty if never selected
                        "epoch_selections": info["epoch_selections"],
                        "dropped": int(info["dropped"]), "distinct_examples": len(sel.indices),
                        "final_check_interval": info["check_interval"][-1],

@@ -120,10 +120,6 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights:
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def _seeded_model(model_name: str, ds: ImageDataset, seed: int, model_kwargs: dict | None, device) -> nn.Module:
-    return seeded_model(model_name, ds.channels, ds.num_classes, ds.image_size, seed, **(model_kwargs or {})).to(device)
-
-
 def fit(
     model: nn.Module,
     train: ImageDataset,
@@ -224,7 +220,8 @@ def evaluate(
     accs, secs = [], []
     for r in range(runs):
         run_seed = seed * 1000 + r
-        model = _seeded_model(model_name, train, run_seed, model_kwargs, device)
+        model = seeded_model(model_name, train.channels, train.num_classes, train.image_size, run_seed,
+                             **(model_kwargs or {})).to(device)
         t0 = time.perf_counter()
         fit(model, train, protocol, seed=run_seed, device=device, progress=progress)
         if torch.device(device).type == "cuda":

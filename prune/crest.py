@@ -71,7 +71,7 @@ Other deviations, all documented here:
   P. With the reference settings the check is the dominant cost on a CPU: P grows with the check interval
   (P = 5·interval), so every step pays an eval forward pass over 5 × 1 % of N examples on average (~8 SGD
   steps of LeNet on MNIST) until P reaches its cap; ``check_subsets=1`` divides that by P at the price of a
-  noisier L_true (measured: checks 46 s → 9–10 s of a 470-step MNIST run; BENCHMARKS.md).
+  noisier L_true (measured: checks 44–48 s → 4–10 s of a 470-step MNIST run; BENCHMARKS.md).
 - Checkpointing (``ctx.checkpoint_dir``) is not supported: a run is one training budget and restarts from scratch.
 
 The returned :class:`~prune.base.Selection` lists every example CREST trained on: each example picked into a
@@ -423,6 +423,7 @@ class _Crest:
         test = self.ctx.test
         epoch_loss, epoch_acc, pool_size, epoch_test, check_hist, p_hist, sel_hist = [], [], [], [], [], [], []
         reselections = 0
+        selections_before = 0  # selections made before the current epoch
         full_perm = torch.randperm(self.n, generator=self.gen).to(self.device)  # epoch-0 batches (full data)
         t0_sel = self.spe  # step of the last selection (first selection at the start of epoch 1)
         self.model.train()
@@ -482,7 +483,8 @@ class _Crest:
                 pool_size.append(float(sum(len(p) for p in self.pools)))
                 check_hist.append(float(self.ci))
                 p_hist.append(float(self.P))
-                sel_hist.append(float(self.selections - sum(sel_hist)))
+                sel_hist.append(float(self.selections - selections_before))
+                selections_before = self.selections
                 tot_loss.zero_()
                 tot_correct.zero_()
                 seen = 0

@@ -38,6 +38,16 @@ def make_tiny_dataset(n_per_class: int = 20, num_classes: int = 3, channels: int
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny tensors gain nothing from intra-op threads, and on a busy 2-core
+    machine they cost 3-5× (OpenMP oversubscription). Modules opt in with ``pytest.mark.usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_dataset():
     """Factory fixture: ``tiny_dataset(n_per_class=20, num_classes=3, channels=1, size=8, seed=0)``."""
     return make_tiny_dataset

@@ -11,13 +11,7 @@ from core.train import AUGMENTATIONS, fit, get_protocol
 from distill.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAConfig, default_strategy, dsa_augment
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def gen(seed=0):

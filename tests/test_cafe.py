@@ -11,12 +11,7 @@ from distill.base import CONDENSERS
 from distill.cafe import CAFEConfig, LoopWatcher, class_means, halved_lr
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def small_ctx(**kw):
