@@ -41,11 +41,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.context import RunContext  # noqa: E402
-from core.data import load_source  # noqa: E402
-from core.models import seeded_model  # noqa: E402
-from core.train import accuracy  # noqa: E402
-from prune.crest import CrestConfig, CrestSelector, lr_for_epoch  # noqa: E402
+from smallset.context import RunContext  # noqa: E402
+from smallset.data import load_source  # noqa: E402
+from smallset.models import seeded_model  # noqa: E402
+from smallset.train import accuracy  # noqa: E402
+from smallset.prune.crest import CrestConfig, CrestSelector, lr_for_epoch  # noqa: E402
 
 VARIANTS = {"crest": {}, "crest-fast": {"consistent_check": True, "check_subsets": 1}}  # name → CrestConfig overrides
 DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",

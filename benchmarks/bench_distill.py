@@ -1,7 +1,7 @@
 """Distillation benchmark: every registered condenser against random real images and herding at the same ipc.
 
 For each ``DATASET:IPC`` setting, each method makes ipc images per class from the training split of
-``parquet:../shared/datasets/DATASET``, and the set is evaluated with :func:`core.train.evaluate`
+``parquet:../shared/datasets/DATASET``, and the set is evaluated with :func:`smallset.train.evaluate`
 (``--eval-runs`` fresh networks, test accuracy on the full test split). Rows are printed as they finish
 and appended to ``--json`` (one JSON object per line) so a partial run keeps its results; a Markdown
 table is printed at the end.
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.context import RunContext  # noqa: E402
-from core.data import load_source  # noqa: E402
-from core.train import evaluate, get_protocol  # noqa: E402
+from smallset.context import RunContext  # noqa: E402
+from smallset.data import load_source  # noqa: E402
+from smallset.train import evaluate, get_protocol  # noqa: E402
 
 
 def parse_kv(text: str) -> dict[str, str]:
@@ -63,7 +63,7 @@ def class_balanced_random(ds, ipc: int, seed: int) -> torch.Tensor:
 
 
 def herding_per_class(ds, ipc: int, ctx: RunContext, overrides: dict) -> tuple[torch.Tensor, dict]:
-    from prune import SELECTORS
+    from smallset.prune import SELECTORS
 
     cls = SELECTORS.get("herding")
     cfg = cls.config_cls()
@@ -91,7 +91,7 @@ def run_condenser(cond, ds, ipc: int, ctx: RunContext, cap: float, stop_after: i
         cap = 0.0
     elif cap <= 0:
         return cond.condense(ds, ipc, ctx)
-    from distill.base import check_ipc
+    from smallset.distill.base import check_ipc
 
     ipc = check_ipc(ipc, ds)
     torch.manual_seed(ctx.seed)
@@ -137,8 +137,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import distill
-    from prune import SELECTORS
+    from smallset import distill
+    from smallset.prune import SELECTORS
 
     methods = [m for m in args.methods.split(",") if m] or (
         ["random"] + (["herding"] if "herding" in SELECTORS else []) + distill.CONDENSERS.names())
@@ -183,7 +183,7 @@ def main() -> None:
                 train = ds.subset(idx)
                 row["config"] = cfg
             else:
-                from distill.base import to_dataset
+                from smallset.distill.base import to_dataset
 
                 cls = distill.CONDENSERS.get(method)
                 over = {k: convert(cls.config_cls, k, v) for k, v in sets.get(method, {}).items()}

@@ -1,7 +1,7 @@
 """Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center) against random on a real source.
 
 Scores are computed once per (method, seed) and reused for every fraction; each subset is evaluated with
-:func:`core.train.evaluate` (one run per seed, the given protocol and model). Results are appended to a
+:func:`smallset.train.evaluate` (one run per seed, the given protocol and model). Results are appended to a
 JSON-lines file as they come (a partial run keeps what it measured); a Markdown table of mean ± std over
 seeds is printed at the end (``--table-only`` re-prints it from the JSON file without running anything).
 
@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import prune  # noqa: E402,F401
-from core.context import RunContext  # noqa: E402
-from core.data import load_source  # noqa: E402
-from core.train import evaluate  # noqa: E402
-from prune.base import SELECTORS  # noqa: E402
+from smallset import prune  # noqa: E402,F401
+from smallset.context import RunContext  # noqa: E402
+from smallset.data import load_source  # noqa: E402
+from smallset.train import evaluate  # noqa: E402
+from smallset.prune.base import SELECTORS  # noqa: E402
 
 # label → (registered selector, config overrides, which score cache to share)
 METHODS = {

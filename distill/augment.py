@@ -51,8 +51,8 @@ import torch
 from kornia.geometry.conversions import denormalize_homography
 from kornia.geometry.transform import hflip, translate, warp_affine
 
-from core.errors import SmallsetError
-from core.train import AUGMENTATIONS
+from smallset.errors import SmallsetError
+from smallset.train import AUGMENTATIONS
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"

@@ -2,7 +2,7 @@
 
 A condenser learns ``ipc`` synthetic images per class. It works in the normalised space the models
 train in (condensation-methods.md §1.1) and returns :class:`Synthetic`; :func:`to_dataset` turns that
-into an :class:`~core.data.ImageDataset` in pixel scale (exact floats, possibly outside [0, 1]) so it
+into an :class:`~smallset.data.ImageDataset` in pixel scale (exact floats, possibly outside [0, 1]) so it
 is stored, evaluated and reloaded like any other dataset.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.registry import Registry
-from prune.base import NoConfig, config_to_dict
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.registry import Registry
+from smallset.prune.base import NoConfig, config_to_dict
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Condenser:
     - :meth:`result` returns the :class:`Synthetic` set.
 
     All randomness must come from ``self.generators`` (named ``torch.Generator`` objects made in
-    ``setup``; networks are initialised from one with :func:`core.models.seeded_model`), never from the
+    ``setup``; networks are initialised from one with :func:`smallset.models.seeded_model`), never from the
     global torch RNG, which other threads share. The generators are saved in every checkpoint, so a resumed
     run continues exactly where the interrupted one stopped. Tensors/optimisers to checkpoint are listed by
     :meth:`state_dict` (default: ``self.syn`` and ``self.opt``; extend it for more state).

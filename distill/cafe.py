@@ -36,7 +36,7 @@ Differences from the reference code (which only runs 10-class 3×32×32 data):
   (default 100 each, well above the 10-step minimum the window implies) stop a loop that never meets its
   rule, so a run always ends; ``info`` counts how often each cap fired.
 - Randomness: real batches, probes, inner-loop shuffling, augmentation and the networks' initialisations
-  (:func:`core.models.seeded_model`) come from named, checkpointed generators (the reference uses numpy's
+  (:func:`smallset.models.seeded_model`) come from named, checkpointed generators (the reference uses numpy's
   global RNG and wall-clock seeds), so runs are reproducible, resume exactly and are safe beside other threads.
 
 ``Synthetic.info``: ``loss_curve`` (mean total loss of the image steps of each iteration) and, per
@@ -54,11 +54,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from distill.base import Condenser, Synthetic, register_condenser
-from distill.dc import check_positive, new_network, setup_matching_state, train_on_synthetic
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.distill.base import Condenser, Synthetic, register_condenser
+from smallset.distill.dc import check_positive, new_network, setup_matching_state, train_on_synthetic
 
 REAL_CHUNK = 1024  # real images per no-grad forward (memory bound)
 
@@ -179,7 +179,7 @@ class CAFECondenser(Condenser):
         setup_matching_state(self, ds, ipc, ctx, probe=5)
         self.augment = None
         if cfg.dsa:
-            from distill.augment import DSA, default_strategy
+            from smallset.distill.augment import DSA, default_strategy
 
             self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels))
         self.carry = 1.0 / ds.num_classes if cfg.accumulator_quirk else 0.0

@@ -15,7 +15,7 @@ Implementation notes (all equivalent to the reference code unless said otherwise
   and no stray gradients left on the network's weights.
 - Real batches: per class, a fresh random permutation of that class's examples, first ``batch_real``
   (§1.1); all sampling, network initialisations included, uses named, checkpointed generators
-  (:func:`core.models.seeded_model`), so a run is reproducible, resumes exactly and is safe beside other
+  (:func:`smallset.models.seeded_model`), so a run is reproducible, resumes exactly and is safe beside other
   threads (the reference reseeds from the wall clock).
 - Networks with BatchNorm layers get the reference's treatment: before each outer step 16 real images
   per class are forwarded in train mode and the BatchNorm layers are then frozen (§2.3).
@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model
-from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
+from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
 # get_loops of the reference code (§2.4): ipc → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),

@@ -32,12 +32,12 @@ from typing import Literal
 
 import torch
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model
-from distill.augment import DSA, default_strategy, parse_strategy
-from distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
+from smallset.distill.augment import DSA, default_strategy, parse_strategy
+from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
 
 @dataclass

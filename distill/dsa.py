@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.data import ImageDataset
-from distill.base import register_condenser
-from distill.dc import DCCondenser, DCConfig
+from smallset.data import ImageDataset
+from smallset.distill.base import register_condenser
+from smallset.distill.dc import DCCondenser, DCConfig
 
 
 @dataclass
@@ -44,6 +44,6 @@ class DSACondenser(DCCondenser):
     siamese = True
 
     def make_augment(self, ds: ImageDataset):
-        from distill.augment import DSA, default_strategy
+        from smallset.distill.augment import DSA, default_strategy
 
         return DSA(strategy=self.config.dsa_strategy or default_strategy(ds.channels))

@@ -22,9 +22,9 @@ import os
 import sys
 import typing
 
-import flows.settings  # noqa: F401
+import smallset.flows.settings  # noqa: F401
 
-from core.errors import SmallsetError
+from smallset.errors import SmallsetError
 
 EXIT_USAGE = 2
 
@@ -116,7 +116,7 @@ def _method_from_argv(argv: list[str], default: str) -> str:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from tasks import steps
+    from smallset.tasks import steps
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = Parser(prog="smallset", description=__doc__.split("\n\n")[0] + "\n\nSee `smallset COMMAND --help`.",
@@ -207,7 +207,7 @@ def _common_kwargs(args) -> dict:
 
 def _precheck(method: str, kind: str, args) -> None:
     """Fail before Prefect starts (which takes seconds) on everything checkable without data."""
-    from tasks import steps
+    from smallset.tasks import steps
 
     actual = steps.method_kind(method)
     if actual != kind:
@@ -226,7 +226,7 @@ def _precheck(method: str, kind: str, args) -> None:
 def _precheck_source(source: str) -> None:
     from pathlib import Path
 
-    from core.data import SOURCES
+    from smallset.data import SOURCES
 
     if ":" not in source:
         raise SmallsetError(f"Source {source!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet "
@@ -238,7 +238,7 @@ def _precheck_source(source: str) -> None:
 
 
 def cmd_prune(args) -> int:
-    from flows.prune_flow import prune_flow
+    from smallset.flows.prune_flow import prune_flow
 
     _precheck(args.method, "prune", args)
     row = prune_flow(method=args.method, fraction=args.fraction, params=_config_overrides(args),
@@ -248,7 +248,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from flows.distill_flow import distill_flow
+    from smallset.flows.distill_flow import distill_flow
 
     _precheck(args.method, "distill", args)
     row = distill_flow(method=args.method, ipc=args.ipc, iterations=args.iterations, params=_config_overrides(args),
@@ -259,8 +259,8 @@ def cmd_distill(args) -> int:
 
 
 def _print_row(row: dict) -> None:
-    from core import tracking
-    from tasks.results import format_table
+    from smallset import tracking
+    from smallset.tasks.results import format_table
 
     print(format_table([row]))
     print(f"\nwrote {row['output']}")
@@ -278,15 +278,15 @@ def _compare_params(pairs) -> dict:
 
 
 def run_compare(runner: str = "threads", workers: int = 1, dask_address: str | None = None, **kw) -> list[dict]:
-    from flows.compare_flow import compare_flow
-    from tasks.runners import make_task_runner
+    from smallset.flows.compare_flow import compare_flow
+    from smallset.tasks.runners import make_task_runner
 
     task_runner = make_task_runner(runner, workers, dask_address, kw.get("gpus", 0))
     return compare_flow.with_options(task_runner=task_runner)(**kw)
 
 
 def cmd_compare(args) -> int:
-    from tasks import steps
+    from smallset.tasks import steps
 
     for m in args.methods:
         steps.method_kind(m)
@@ -298,7 +298,7 @@ def cmd_compare(args) -> int:
         steps.coerce_config(m, opts)
     kw = _common_kwargs(args)
     kw.pop("seed")  # compare takes --seeds
-    from tasks.runners import check_runner_args
+    from smallset.tasks.runners import check_runner_args
 
     check_runner_args(args.runner, args.workers, args.dask_address, args.gpus)
     rows = run_compare(methods=args.methods, fractions=args.fractions, ipcs=args.ipcs, seeds=args.seeds,
@@ -310,8 +310,8 @@ def cmd_compare(args) -> int:
 
 
 def _print_compare(rows: list[dict]) -> None:
-    from core import tracking
-    from tasks.results import format_table
+    from smallset import tracking
+    from smallset.tasks.results import format_table
 
     print(format_table(rows))
     if rows:
@@ -341,13 +341,13 @@ DEMO = dict(
 
 
 def demo_methods() -> list[str]:
-    from tasks import steps
+    from smallset.tasks import steps
 
     return steps.all_methods()
 
 
 def cmd_demo(args) -> int:
-    from tasks import steps
+    from smallset.tasks import steps
 
     methods = demo_methods()
     params = {m: DEMO["params"].get(m, {}) for m in methods}
@@ -364,14 +364,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from core import report
+    from smallset import report
 
-    from core import tracking
+    from smallset import tracking
 
     tracking.configure()
     run_id = args.run_id or report.latest_compare_run()
     out = args.output_dir or f"smallset-out/report-{run_id[:8]}"
-    from tasks.report_task import publish_report
+    from smallset.tasks.report_task import publish_report
 
     html_path, md_path = publish_report(run_id, out)
     print(f"report: {html_path}\nsummary: {md_path}")
@@ -379,7 +379,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from core.data import load_source
+    from smallset.data import load_source
 
     src = load_source(args.source, data_root=args.data_root)
     info = {"source": src.id}
@@ -404,7 +404,7 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from core import store
+    from smallset import store
 
     meta = store.read_metadata(args.path)
     if args.json:
@@ -425,9 +425,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from core.models import model_names
-    from core.train import PROTOCOLS
-    from tasks import steps
+    from smallset.models import model_names
+    from smallset.train import PROTOCOLS
+    from smallset.tasks import steps
 
     for kind, reg in steps.registries().items():
         print(f"{kind} methods:")
@@ -450,7 +450,7 @@ def nightly_deployment() -> dict:
 
 
 def cmd_serve(args) -> int:
-    from flows.compare_flow import compare_flow
+    from smallset.flows.compare_flow import compare_flow
 
     dep = nightly_deployment()
     sched = (dep.get("schedules") or [{}])[0]

@@ -10,17 +10,17 @@ artifact, and the comparison report (HTML + Markdown) is rendered.
 """
 from __future__ import annotations
 
-import flows.settings  # noqa: F401
+import smallset.flows.settings  # noqa: F401
 from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from core import tracking
-from core.errors import SmallsetError
-from tasks import results, steps
-from tasks.prefect_tasks import cached_source, full_data_task, score_task, submit_cell
-from tasks.runners import gpu_annotation
+from smallset import tracking
+from smallset.errors import SmallsetError
+from smallset.tasks import results, steps
+from smallset.tasks.prefect_tasks import cached_source, full_data_task, score_task, submit_cell
+from smallset.tasks.runners import gpu_annotation
 
 
 def plan_cells(methods, fractions, ipcs, seeds, base: dict, ds) -> list[steps.CellSpec]:
@@ -108,7 +108,7 @@ def compare_flow(
         tracking.log_metrics(parent, {"cells": len(rows)})
         results.publish_table_artifact(rows, f"smallset compare on {source} ({stamp})")
         if report:
-            from tasks.report_task import publish_report
+            from smallset.tasks.report_task import publish_report
 
             publish_report(parent, out_dir)
         logger.info("results: %s; MLflow parent run %s", csv_path, parent)

@@ -1,11 +1,11 @@
 """``distill_flow``: learn a synthetic set, evaluate it, write it to Parquet, log it to MLflow."""
 from __future__ import annotations
 
-import flows.settings  # noqa: F401
+import smallset.flows.settings  # noqa: F401
 from prefect import flow
 
-from tasks import steps
-from tasks.prefect_tasks import run_single
+from smallset.tasks import steps
+from smallset.tasks.prefect_tasks import run_single
 
 
 @flow(name="distill", log_prints=True)

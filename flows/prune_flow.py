@@ -1,11 +1,11 @@
 """``prune_flow``: select a coreset from a source, evaluate it, write it to Parquet, log it to MLflow."""
 from __future__ import annotations
 
-import flows.settings  # noqa: F401  (environment defaults before Prefect loads)
+import smallset.flows.settings  # noqa: F401  (environment defaults before Prefect loads)
 from prefect import flow
 
-from tasks import steps
-from tasks.prefect_tasks import run_single
+from smallset.tasks import steps
+from smallset.tasks.prefect_tasks import run_single
 
 
 @flow(name="prune", log_prints=True)

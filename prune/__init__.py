@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-from prune.base import SELECTORS, Selection, Selector, register_selector  # noqa: F401
+from smallset.prune.base import SELECTORS, Selection, Selector, register_selector  # noqa: F401
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base" and not _m.name.startswith("_"):

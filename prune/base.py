@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.registry import Registry
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.registry import Registry
 
 
 @dataclass

@@ -74,7 +74,7 @@ Other deviations, all documented here:
   noisier L_true (measured: checks 44–48 s → 4–10 s of a 470-step MNIST run; BENCHMARKS.md).
 - Checkpointing (``ctx.checkpoint_dir``) is not supported: a run is one training budget and restarts from scratch.
 
-The returned :class:`~prune.base.Selection` lists every example CREST trained on: each example picked into a
+The returned :class:`~smallset.prune.base.Selection` lists every example CREST trained on: each example picked into a
 coreset, weighted by the number of coresets that picked it, plus, when epoch 0 runs at LR > 0, the epoch-0
 full-data examples (one count per use). ``info`` holds the trained model's test accuracy, the wall time,
 the per-epoch training curve and the selection statistics.
@@ -89,13 +89,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model
-from core.train import accuracy
-from prune.base import Selection, Selector, check_fraction, register_selector
-from prune.submodular import euclidean_similarity, facility_location_greedy
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
+from smallset.train import accuracy
+from smallset.prune.base import Selection, Selector, check_fraction, register_selector
+from smallset.prune.submodular import euclidean_similarity, facility_location_greedy
 
 EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model as _seeded
-from prune.base import Selection, Selector, check_fraction, class_budgets
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model as _seeded
+from smallset.prune.base import Selection, Selector, check_fraction, class_budgets
 
 
 def seeded_model(ds: ImageDataset, ctx: RunContext, offset: int = 0) -> nn.Module:
@@ -156,7 +156,7 @@ def class_positions(ds: ImageDataset) -> list[torch.Tensor]:
 def top_per_class(ds: ImageDataset, scores: torch.Tensor, fraction: float, higher_is_keep: bool,
                   generator: torch.Generator) -> torch.Tensor:
     """Sorted indices of the best-scored round(fraction·n_c) examples of every class (budgets from
-    :func:`prune.base.class_budgets`), seeded random tie-breaking (a random permutation, then a stable
+    :func:`smallset.prune.base.class_budgets`), seeded random tie-breaking (a random permutation, then a stable
     sort), vectorised."""
     budgets = class_budgets(ds.class_counts(), fraction)
     keep = [idx[ranked_keep(scores[idx], k, higher_is_keep, generator)]

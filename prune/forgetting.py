@@ -22,11 +22,11 @@ from typing import Literal
 
 import torch
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from prune.base import Selection, Selector, check_fraction, register_selector
-from prune.features import check_scores, ranked_keep, seeded_model, sgd_epochs, top_per_class
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.prune.base import Selection, Selector, check_fraction, register_selector
+from smallset.prune.features import check_scores, ranked_keep, seeded_model, sgd_epochs, top_per_class
 
 
 def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "toneva") -> torch.Tensor:

@@ -10,7 +10,7 @@ batch-statistics coupling between examples). Two gradients (spec §3.4):
 - ``full``: the norm over all parameters, per example, with ``torch.func.vmap(grad(...))`` in chunks.
 
 Selection (:meth:`GEDASelector.select`), per class with n examples and budget m = round(f·n) (from
-:func:`prune.base.class_budgets`): N = ``nodes`` trapezoid nodes t_1 < … < t_N, equally spaced on
+:func:`smallset.prune.base.class_budgets`): N = ``nodes`` trapezoid nodes t_1 < … < t_N, equally spaced on
 [min g, max g] (the thesis's reading) or at the quantiles of g; full-set ECDF values F_k = n_k/n with
 n_k = #{g ≤ t_k}; trapezoid weights w (spec §3.2). GEDA picks the subset minimising
 Σ_k w_k |G_k − F_k| (G = the subset's ECDF): a trapezoid approximation of ∫|F_S − F| dt. Solvers:
@@ -47,11 +47,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from prune.base import Selection, Selector, check_fraction, class_budgets, register_selector
-from prune.features import check_scores, class_positions, seeded_model, sgd_epochs
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.prune.base import Selection, Selector, check_fraction, class_budgets, register_selector
+from smallset.prune.features import check_scores, class_positions, seeded_model, sgd_epochs
 
 
 # --- the ECDF-matching problem (pure functions on 1-D tensors) ---------------------------------------------

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from prune.base import register_selector
-from prune.features import FeatureConfig, FeatureSelector
+from smallset.prune.base import register_selector
+from smallset.prune.features import FeatureConfig, FeatureSelector
 
 
 def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,16 +1,16 @@
 """Class-balanced random selection: the baseline every method must beat.
 
 Per class, round(fraction × class size) examples (remainder placed deterministically, see
-:func:`prune.base.class_budgets`), drawn uniformly without replacement with a seeded generator.
+:func:`smallset.prune.base.class_budgets`), drawn uniformly without replacement with a seeded generator.
 All weights are 1.
 """
 from __future__ import annotations
 
 import torch
 
-from core.context import RunContext
-from core.data import ImageDataset
-from prune.base import Selection, Selector, class_budgets, register_selector
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.prune.base import Selection, Selector, class_budgets, register_selector
 
 
 @register_selector("random")

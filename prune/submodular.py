@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from core.errors import SmallsetError
+from smallset.errors import SmallsetError
 
 
 def euclidean_similarity(features: torch.Tensor, scale: float | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Build smallset_data/mnist-mini-{train,test}.parquet from the full MNIST Parquet files.
+"""Build smallset/builtin/mnist-mini-{train,test}.parquet from the full MNIST Parquet files.
 
 Takes the first 500 training and the first 100 test images of each class, in the original order, and
 keeps their PNG bytes untouched (so pixels are bit-exact MNIST). Run once:
@@ -15,7 +15,7 @@ PER_CLASS = {"train": 500, "test": 100}
 
 
 def main(src: str) -> None:
-    out = Path(__file__).resolve().parent.parent / "smallset_data"
+    out = Path(__file__).resolve().parent.parent / "smallset" / "builtin"
     for split, k in PER_CLASS.items():
         table = pq.read_table(Path(src) / f"{split}.parquet")
         labels = table.column("label").to_pylist()

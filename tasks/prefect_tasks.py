@@ -23,10 +23,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.data import Source, load_source
-from core.errors import SmallsetError
-from core.train import EvalResult
-from tasks import steps
+from smallset.data import Source, load_source
+from smallset.errors import SmallsetError
+from smallset.train import EvalResult
+from smallset.tasks import steps
 
 _LOAD_LOCK = threading.Lock()
 

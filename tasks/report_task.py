@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import report, tracking
+from smallset import report, tracking
 
 
 def publish_report(parent_run_id: str, out_dir: str | Path) -> tuple[Path, Path]:

@@ -8,14 +8,14 @@
 
 Workers are separate processes: the MLflow store and artifact root are exported as absolute paths in the
 environment before the cluster starts, so every worker logs to the same place (SQLite writes are
-serialised by :func:`core.tracking.write_lock`).
+serialised by :func:`smallset.tracking.write_lock`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 
-from core.errors import SmallsetError
+from smallset.errors import SmallsetError
 
 RUNNERS = ("threads", "dask")
 
@@ -68,7 +68,7 @@ def quiet_dask() -> None:
 
 
 def export_tracking_env() -> None:
-    from core import tracking
+    from smallset import tracking
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     os.environ["SMALLSET_ARTIFACTS"] = str(tracking.artifact_root())

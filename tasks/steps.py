@@ -16,19 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import store, tracking
-from core.context import RunContext
-from core.data import ImageDataset, Source, load_source
-from core.errors import SmallsetError
-from core.models import MODELS, resolve_device
-from core.train import EvalResult, PROTOCOLS, evaluate, get_protocol
+from smallset import store, tracking
+from smallset.context import RunContext
+from smallset.data import ImageDataset, Source, load_source
+from smallset.errors import SmallsetError
+from smallset.models import MODELS, resolve_device
+from smallset.train import EvalResult, PROTOCOLS, evaluate, get_protocol
 
 KINDS = ("prune", "distill")
 
 
 def registries():
-    import distill
-    import prune
+    from smallset import distill
+    from smallset import prune
 
     return {"prune": prune.SELECTORS, "distill": distill.CONDENSERS}
 
@@ -160,7 +160,7 @@ def default_output(source_id: str, spec: CellSpec, budget: Budget, out_dir: str 
 
 
 def device_for(spec: CellSpec) -> torch.device:
-    from tasks.runners import placed_device
+    from smallset.tasks.runners import placed_device
 
     return resolve_device(placed_device(spec.device))
 
@@ -183,7 +183,7 @@ def validate(spec: CellSpec) -> None:
     get_protocol(spec.protocol, augment=spec.eval_augment, epochs=spec.eval_epochs)
     resolve_device(spec.device)
     if kind == "prune":
-        from prune.base import check_fraction
+        from smallset.prune.base import check_fraction
 
         if spec.budget.fraction is not None:
             check_fraction(spec.budget.fraction)
@@ -223,7 +223,7 @@ def compute_scores(spec: CellSpec, ds: ImageDataset) -> tuple[Any, float]:
 
 
 def _base_score():
-    from prune.base import Selector
+    from smallset.prune.base import Selector
 
     return Selector.score
 
@@ -243,7 +243,7 @@ def preflight(spec: CellSpec, ds: ImageDataset, what: str) -> None:
     """Print the memory/time estimate of the coming work and refuse it when it cannot fit (unless forced)."""
     import sys
 
-    from core import estimate
+    from smallset import estimate
 
     extra = 256 * ds.num_classes if spec.kind == "distill" else 0  # condensers hold a real batch per class
     est = estimate.estimate_training(ds, spec.model, spec.model_kwargs, 256, device_for(spec), extra_images=extra)
@@ -266,7 +266,7 @@ def reduce(spec: CellSpec, source: Source, scores: Any = None, score_seconds: fl
         reduced = ds.subset(sel.indices, sel.weights)
         return Reduced(reduced, selector.params(), seconds, dict(sel.info), sel.scores if sel.scores is not None else scores,
                        score_seconds)
-    from distill.base import check_ipc, to_dataset
+    from smallset.distill.base import check_ipc, to_dataset
 
     check_ipc(budget.ipc, ds)
     config = coerce_config(spec.method, spec.config, budget.ipc)

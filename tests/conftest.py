@@ -19,7 +19,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.data import ImageDataset  # noqa: E402
+from smallset.data import ImageDataset  # noqa: E402
 
 
 def make_tiny_dataset(n_per_class: int = 20, num_classes: int = 3, channels: int = 1, size: int = 8,
@@ -60,7 +60,7 @@ def write_hf_parquet(ds: ImageDataset, path, class_names=True):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core.data import encode_png
+    from smallset.data import encode_png
 
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({
@@ -124,7 +124,7 @@ def tiny_compare(prefect_harness, tiny_parquet_session, tmp_path_factory):
     Dask tests: 4 cells (2 budgets × 2 seeds) evaluated on mlp and lenet, plus full data."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.compare_flow import compare_flow
+    from smallset.flows.compare_flow import compare_flow
 
     out = tmp_path_factory.mktemp("compare")
     rows = compare_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(

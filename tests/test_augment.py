@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.errors import SmallsetError
-from core.train import AUGMENTATIONS, fit, get_protocol
-from distill.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAConfig, default_strategy, dsa_augment
+from smallset.errors import SmallsetError
+from smallset.train import AUGMENTATIONS, fit, get_protocol
+from smallset.distill.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAConfig, default_strategy, dsa_augment
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -205,7 +205,7 @@ def test_default_strategy_and_registered_for_evaluation(tiny_dataset):
     assert AUGMENTATIONS.get("dsa") is dsa_augment
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(dsa_augment(x, gen(21)), DSA(default_strategy(1))(x, gen(21)))
-    from core.models import create_model
+    from smallset.models import create_model
 
     ds = tiny_dataset(n_per_class=4, num_classes=2, channels=3, size=8)
     torch.manual_seed(0)

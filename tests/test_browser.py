@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from core import tracking
+from smallset import tracking
 from tests import browser
 
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from distill.base import CONDENSERS
-from distill.cafe import CAFEConfig, LoopWatcher, class_means, halved_lr
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.distill.base import CONDENSERS
+from smallset.distill.cafe import CAFEConfig, LoopWatcher, class_means, halved_lr
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from core import store
-from flows.cli import main
+from smallset import store
+from smallset.flows.cli import main
 from tests.conftest import make_tiny_dataset
 
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.errors import SmallsetError
-from core.models import model_names
-from prune.base import SELECTORS
-from prune.crest import CrestConfig, CrestSelector, _Crest, budget_steps, lr_for_epoch
-from prune.submodular import euclidean_similarity, facility_location_greedy, facility_location_value
+from smallset.context import RunContext
+from smallset.errors import SmallsetError
+from smallset.models import model_names
+from smallset.prune.base import SELECTORS
+from smallset.prune.crest import CrestConfig, CrestSelector, _Crest, budget_steps, lr_for_epoch
+from smallset.prune.submodular import euclidean_similarity, facility_location_greedy, facility_location_value
 
 # A hand-made similarity matrix: two clusters {0, 1, 2} and {3, 4}.
 SIM = torch.tensor([

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import ImageDataset, channel_stats, load_source
-from core.errors import SmallsetError
+from smallset.data import ImageDataset, channel_stats, load_source
+from smallset.errors import SmallsetError
 from tests.conftest import make_tiny_dataset, write_hf_parquet
 
 

@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.context import RunContext
-from core.errors import SmallsetError
-from core.models import create_model
-from distill.base import CONDENSERS
-from distill.dc import DCConfig, gradient_distance, loops_for_ipc
-from distill.dsa import DSAMethodConfig
+from smallset.context import RunContext
+from smallset.errors import SmallsetError
+from smallset.models import create_model
+from smallset.distill.base import CONDENSERS
+from smallset.distill.dc import DCConfig, gradient_distance, loops_for_ipc
+from smallset.distill.dsa import DSAMethodConfig
 
 EPS = 1e-6
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from core import store, tracking
+from smallset import store, tracking
 from tests.browser import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,11 +3,11 @@ exactly the synthetic tensor (and loss curve) of an uninterrupted run (CPU)."""
 import pytest
 import torch
 
-from core.context import RunContext
-from distill.base import CONDENSERS
-from distill.cafe import CAFEConfig
-from distill.dc import DCConfig
-from distill.dsa import DSAMethodConfig
+from smallset.context import RunContext
+from smallset.distill.base import CONDENSERS
+from smallset.distill.cafe import CAFEConfig
+from smallset.distill.dc import DCConfig
+from smallset.distill.dsa import DSAMethodConfig
 
 N, HALF = 4, 2
 

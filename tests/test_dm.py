@@ -6,11 +6,11 @@ import typing
 import pytest
 import torch
 
-from core.context import RunContext
-from core.errors import SmallsetError
-from distill import CONDENSERS
-from distill.base import init_synthetic, to_dataset
-from distill.dm import DM, DMConfig
+from smallset.context import RunContext
+from smallset.errors import SmallsetError
+from smallset.distill import CONDENSERS
+from smallset.distill.base import init_synthetic, to_dataset
+from smallset.distill.dm import DM, DMConfig
 
 MODEL_KW = {"width": 8, "depth": 2}
 
@@ -96,7 +96,7 @@ def _fixed_objective(syn, ds, nets):
 @pytest.mark.parametrize("dsa", [False, True])
 def test_loss_falls(tiny_dataset, dsa):
     ds = tiny_dataset(n_per_class=16, num_classes=3, channels=3, size=8)
-    from core.models import create_model
+    from smallset.models import create_model
 
     torch.manual_seed(123)
     nets = [create_model("convnet-s", 3, 3, (8, 8), **MODEL_KW) for _ in range(6)]

@@ -3,8 +3,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from core import store, tracking
-from flows.cli import main
+from smallset import store, tracking
+from smallset.flows.cli import main
 
 FAST = dict(model="mlp", model_kwargs={"width": 16}, eval_epochs=3, eval_runs=2, device="cpu")
 
@@ -16,7 +16,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def test_prune_flow_writes_parquet_and_logs_mlflow(prefect_harness, tiny_parquet, in_tmp):
-    from flows.prune_flow import prune_flow
+    from smallset.flows.prune_flow import prune_flow
 
     out = in_tmp / "r.parquet"
     row = prune_flow(source=f"parquet:{tiny_parquet}", method="random", fraction=0.5, seed=3, output=str(out), **FAST)
@@ -46,7 +46,7 @@ def test_prune_flow_writes_parquet_and_logs_mlflow(prefect_harness, tiny_parquet
 
 
 def test_same_seed_same_selection_other_seed_differs(prefect_harness, tiny_parquet, in_tmp):
-    from flows.prune_flow import prune_flow
+    from smallset.flows.prune_flow import prune_flow
 
     picks = []
     for seed, name in ((1, "a"), (1, "b"), (2, "c")):
@@ -59,7 +59,7 @@ def test_same_seed_same_selection_other_seed_differs(prefect_harness, tiny_parqu
 def test_compare_flow_nests_child_runs_and_saves_the_table(prefect_harness, tiny_parquet, in_tmp):
     from prefect.artifacts import Artifact
 
-    from flows.compare_flow import compare_flow
+    from smallset.flows.compare_flow import compare_flow
 
     rows = compare_flow(source=f"parquet:{tiny_parquet}", methods=["random"], fractions=[0.2, 0.5],
                         ipcs=[], seeds=[0, 1], output_dir=str(in_tmp / "out"), **FAST)
@@ -88,7 +88,7 @@ def test_cli_prune_end_to_end(prefect_harness, tiny_parquet, in_tmp, capsys):
 
 
 def test_demo_prints_the_table_and_the_mlflow_location(prefect_harness, tiny_parquet, in_tmp, capsys, monkeypatch):
-    import flows.cli as cli
+    import smallset.flows.cli as cli
 
     monkeypatch.setattr(cli, "DEMO", dict(cli.DEMO, source=f"parquet:{tiny_parquet}", model="mlp", ipcs=[2]))
     monkeypatch.setattr(cli, "demo_methods", lambda: ["random"])

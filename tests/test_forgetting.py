@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-import prune  # noqa: F401  (registers every selector)
-from core.context import RunContext
-from core.errors import SmallsetError
-from prune.base import SELECTORS, class_budgets
-from prune.forgetting import ForgettingConfig, ForgettingSelector, forgetting_counts
+from smallset import prune  # noqa: F401  (registers every selector)
+from smallset.context import RunContext
+from smallset.errors import SmallsetError
+from smallset.prune.base import SELECTORS, class_budgets
+from smallset.prune.forgetting import ForgettingConfig, ForgettingSelector, forgetting_counts
 
 CTX = dict(model="mlp", model_kwargs={"width": 16})
 
@@ -94,7 +94,7 @@ def test_score_run_is_reproducible_and_counts_are_bounded(tiny_dataset):
 
 
 def test_every_example_is_recorded_once_per_epoch(tiny_dataset):
-    from prune.features import seeded_model, sgd_epochs
+    from smallset.prune.features import seeded_model, sgd_epochs
 
     ds = tiny_dataset(n_per_class=10, num_classes=3)
     ctx = RunContext(seed=0, **CTX)

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import prune  # noqa: F401
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from prune.base import SELECTORS, class_budgets
-from prune.geda import (GEDAConfig, GEDASelector, _build_problem, cell_sizes, closed_form_counts, ecdf_l1,
+from smallset import prune  # noqa: F401
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.prune.base import SELECTORS, class_budgets
+from smallset.prune.geda import (GEDAConfig, GEDASelector, _build_problem, cell_sizes, closed_form_counts, ecdf_l1,
                         ecdf_nodes, full_grad_norms, last_layer_grad_norms, node_counts, solve_counts_milp,
                         solve_full_milp, trapezoid_objective, trapezoid_weights)
 
@@ -151,7 +151,7 @@ def test_fill_weights_budgets_and_reproducibility():
 
 
 def test_gradient_norms_match_autograd(tiny_dataset):
-    from core.models import create_model
+    from smallset.models import create_model
 
     ds = tiny_dataset(n_per_class=4, num_classes=3)
     torch.manual_seed(0)

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-import prune  # noqa: F401
-from core.context import RunContext
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from prune.base import SELECTORS, class_budgets
-from prune.herding import HerdingSelector, herding_order
-from prune.kcenter import KCenterSelector, kcenter_order
-from prune.features import FeatureConfig
+from smallset import prune  # noqa: F401
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.prune.base import SELECTORS, class_budgets
+from smallset.prune.herding import HerdingSelector, herding_order
+from smallset.prune.kcenter import KCenterSelector, kcenter_order
+from smallset.prune.features import FeatureConfig
 
 CTX = dict(model="mlp", model_kwargs={"width": 8})
 

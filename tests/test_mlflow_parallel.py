@@ -3,7 +3,7 @@ import multiprocessing as mp
 
 from mlflow.tracking import MlflowClient
 
-from core import tracking
+from smallset import tracking
 
 
 def _worker(worker: int, parent: str, n: int) -> None:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.errors import SmallsetError
-from core.models import create_model, model_names, seeded_model
+from smallset.errors import SmallsetError
+from smallset.models import create_model, model_names, seeded_model
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from core.context import RunContext
-from core.errors import SmallsetError
-from prune.base import SELECTORS, class_budgets, check_fraction
+from smallset.context import RunContext
+from smallset.errors import SmallsetError
+from smallset.prune.base import SELECTORS, class_budgets, check_fraction
 from tests.conftest import make_tiny_dataset
 
 

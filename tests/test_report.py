@@ -3,7 +3,7 @@ import re
 
 from mlflow.tracking import MlflowClient
 
-from core import report, tracking
+from smallset import report, tracking
 
 
 def test_compare_matrix_and_report(tiny_compare):

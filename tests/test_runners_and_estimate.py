@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from core import estimate
-from core.errors import SmallsetError
-from core.report import pareto_front
-from core.train import EvalResult
-from tasks import runners, steps
+from smallset import estimate
+from smallset.errors import SmallsetError
+from smallset.report import pareto_front
+from smallset.train import EvalResult
+from smallset.tasks import runners, steps
 from tests.conftest import make_tiny_dataset
 
 

@@ -4,9 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from core import store
-from core.data import load_source
-from core.errors import SmallsetError
+from smallset import store
+from smallset.data import load_source
+from smallset.errors import SmallsetError
 from tests.conftest import make_tiny_dataset
 
 

@@ -1,7 +1,7 @@
 """compare on a 2-worker local Dask cluster equals the sequential run, and every child is in MLflow."""
 from mlflow.tracking import MlflowClient
 
-from core import store, tracking
+from smallset import store, tracking
 from tests.conftest import TINY_COMPARE
 
 
@@ -10,8 +10,8 @@ def _key(r):
 
 
 def test_dask_sweep_equals_sequential(tiny_compare, tiny_parquet_session, tmp_path):
-    from flows.compare_flow import compare_flow
-    from tasks.runners import make_task_runner
+    from smallset.flows.compare_flow import compare_flow
+    from smallset.tasks.runners import make_task_runner
 
     runner = make_task_runner("dask", workers=2)
     rows = compare_flow.with_options(task_runner=runner)(

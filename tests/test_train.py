@@ -2,9 +2,9 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from core.errors import SmallsetError
-from core.models import create_model
-from core.train import PROTOCOLS, evaluate, fit, get_protocol, weighted_cross_entropy
+from smallset.errors import SmallsetError
+from smallset.models import create_model
+from smallset.train import PROTOCOLS, evaluate, fit, get_protocol, weighted_cross_entropy
 from tests.conftest import make_tiny_dataset
 
 

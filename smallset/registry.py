@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from core.errors import SmallsetError
+from smallset.errors import SmallsetError
 
 T = TypeVar("T")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
 
 GiB = 1024 ** 3
 

@@ -8,7 +8,7 @@ each example in its source, and a content digest for provenance.
 Source strings:
 - ``parquet:PATH``: a Parquet file in the Hugging Face image layout (an ``image`` struct with encoded
   bytes, a ``label`` column, class names in the ``huggingface`` schema metadata), a directory holding
-  ``train.parquet``/``test.parquet``, or a reduced-dataset file written by :mod:`core.store`.
+  ``train.parquet``/``test.parquet``, or a reduced-dataset file written by :mod:`smallset.store`.
 - ``torchvision:NAME`` with NAME one of mnist, fashion_mnist, cifar10, cifar100, svhn
   (``data_root``; downloads when ``download=True``).
 - ``folder:PATH``: an ImageFolder tree, either ``train/`` and ``test/`` inside or a single split.
@@ -28,10 +28,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.errors import SmallsetError
-from core.registry import Registry
+from smallset.errors import SmallsetError
+from smallset.registry import Registry
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "smallset_data"
 
 
 @dataclass
@@ -232,7 +231,7 @@ def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> Image
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from core import store
+    from smallset import store
 
     try:
         table = pq.read_table(path)
@@ -307,11 +306,15 @@ def _parquet_source(arg: str, spec: str, **_) -> Source:
 
 @SOURCES.register("builtin")
 def _builtin_source(arg: str, spec: str, **_) -> Source:
-    known = sorted({p.name.rsplit("-", 1)[0] for p in BUILTIN_DIR.glob("*-train.parquet")})
+    from importlib.resources import as_file, files
+
+    folder = files("smallset.builtin")
+    known = sorted({p.name.rsplit("-", 1)[0] for p in folder.iterdir() if p.name.endswith("-train.parquet")})
     if arg not in known:
         raise SmallsetError(f"Unknown builtin dataset {arg!r}; builtin datasets: {', '.join(known) or 'none'}.")
-    train = _read_hf_parquet(BUILTIN_DIR / f"{arg}-train.parquet", spec)
-    test = _read_hf_parquet(BUILTIN_DIR / f"{arg}-test.parquet", spec, stats=(train.mean, train.std))
+    with as_file(folder / f"{arg}-train.parquet") as train_path, as_file(folder / f"{arg}-test.parquet") as test_path:
+        train = _read_hf_parquet(Path(train_path), spec)
+        test = _read_hf_parquet(Path(test_path), spec, stats=(train.mean, train.std))
     return Source(spec, train, test)
 
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.data import ImageDataset
-from core.errors import SmallsetError
-from core.models import seeded_model
-from core.registry import Registry
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
+from smallset.registry import Registry
 
 # Training-time augmentations, name → fn(x_normalised, generator) -> x; "dsa" is registered by distill.augment.
 AUGMENTATIONS: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("augmentation")
@@ -81,8 +81,8 @@ def get_protocol(name: str, augment: str | None = None, epochs: int | None = Non
 
 
 def _ensure_augmentations() -> None:
-    try:  # distill.augment registers "dsa" (kornia); optional for the core.
-        import distill.augment  # noqa: F401
+    try:  # distill.augment registers "dsa" (kornia); optional for the base layer.
+        import smallset.distill.augment  # noqa: F401
     except ImportError:
         pass
 

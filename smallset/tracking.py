@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from core.data import ImageDataset
+from smallset.data import ImageDataset
 
 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 

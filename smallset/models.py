@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.errors import SmallsetError
-from core.registry import Registry
+from smallset.errors import SmallsetError
+from smallset.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

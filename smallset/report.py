@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import tracking
-from core.errors import SmallsetError
+from smallset import tracking
+from smallset.errors import SmallsetError
 
 
 # --- gathering -----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from core.data import ImageDataset
+from smallset.data import ImageDataset
 
 
 @dataclass

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.data import ImageDataset, decode_images, encode_png
-from core.errors import SmallsetError
+from smallset.data import ImageDataset, decode_images, encode_png
+from smallset.errors import SmallsetError
 
 FORMAT_VERSION = 1
 SMALLSET_KEY = b"smallset"
@@ -164,7 +164,7 @@ def read_metadata_from_schema(schema) -> dict | None:
 
 def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -> ImageDataset:
     """Rebuild the in-memory dataset exactly as it was written."""
-    from core.data import _class_names_from_hf
+    from smallset.data import _class_names_from_hf
 
     missing = {"image", "label", "weight", "source_index", "pixels"} - set(table.column_names)
     if missing:
