@@ -1,4 +1,5 @@
 # Two commands: `make demo` and `make test`. Both create .venv with pip on first use.
+# `make test-fast` runs only the unit tests (no Prefect server, browser, Dask or extra processes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast test-server test-browser clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +27,18 @@ demo: venv
 
 test: venv browser
 	$(BIN)/python -m pytest -q
+
+# Markers (pyproject.toml): server, browser, dask, multiprocess, slow; unmarked tests are unit tests.
+FAST_TESTS := not (server or browser or dask or multiprocess or slow)
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "$(FAST_TESTS)"
+
+test-server: venv
+	$(BIN)/python -m pytest -q -m "(server or dask or multiprocess or slow) and not browser"
+
+test-browser: venv browser
+	SMALLSET_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m browser
 
 clean:
 	rm -rf $(VENV) .prefect mlflow.db mlartifacts smallset-out

@@ -1,9 +1,9 @@
 """The condenser interface and registry.
 
 A condenser learns ``ipc`` synthetic images per class. It works in the normalised space the models
-train in (condensation-methods.md §1.1) and returns :class:`Synthetic`; :func:`to_dataset` turns that
-into an :class:`~smallset.data.ImageDataset` in pixel scale (exact floats, possibly outside [0, 1]) so it
-is stored, evaluated and reloaded like any other dataset.
+train in (docs/methods/dc.md#condensation-data) and returns :class:`Synthetic`; :func:`to_dataset` turns
+that into an :class:`~smallset.data.ImageDataset` in pixel scale (exact floats, possibly outside [0, 1]) so
+it is stored, evaluated and reloaded like any other dataset.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.method import Method, Reduction, register_method
 from smallset.registry import Registry
-from smallset.prune.base import NoConfig, config_to_dict
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Synthetic:
     info: dict[str, Any] = field(default_factory=dict)  # loss curve, iterations/second, …
 
 
-class Condenser:
+class Condenser(Method):
     """Base class: the iteration loop, checkpoints, resume and the progress bar live here.
 
     Subclasses set ``config_cls`` (a dataclass with the paper's defaults, optionally a ``for_ipc``
@@ -46,25 +46,28 @@ class Condenser:
     :meth:`state_dict` (default: ``self.syn`` and ``self.opt``; extend it for more state).
     """
 
-    name: ClassVar[str] = ""
     kind: ClassVar[str] = "distill"
-    config_cls: ClassVar[type] = NoConfig
+    budget_unit: ClassVar[str] = "ipc"
 
     def __init__(self, config: Any = None):
-        self.config = config if config is not None else self.config_cls()
+        super().__init__(config)
         self.generators: dict[str, torch.Generator] = {}
+
+    @classmethod
+    def default_config(cls, budget: int | None = None) -> Any:
+        """The paper's defaults for this ipc (the config's ``for_ipc`` when it has one)."""
+        if budget is not None and hasattr(cls.config_cls, "for_ipc"):
+            return cls.config_cls.for_ipc(int(budget))
+        return cls.config_cls()
 
     @classmethod
     def config_for_ipc(cls, ipc: int, **overrides) -> Any:
         """The paper's defaults for this ipc, with ``overrides`` applied (None values ignored)."""
-        base = cls.config_cls.for_ipc(ipc) if hasattr(cls.config_cls, "for_ipc") else cls.config_cls()
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
-        return base
+        return cls.make_config(overrides, ipc)
 
-    def params(self) -> dict:
-        return config_to_dict(self.config)
+    def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared: Any = None) -> Reduction:
+        syn = self.condense(ds, budget, ctx)
+        return Reduction(to_dataset(syn, ds), dict(syn.info))
 
     # --- hooks ------------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
@@ -153,7 +156,11 @@ class Condenser:
             raise
 
     def _load_checkpoint(self, path: Path) -> tuple[int, list[float]]:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors and plain types only: a crafted checkpoint cannot run code (no pickle of objects)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several types for a bad or unsafe file
+            raise SmallsetError(f"The checkpoint {path} cannot be read safely ({type(e).__name__}); "
+                                f"delete it to start afresh.") from None
         if state.get("method") != self.name or state.get("config") != self.params():
             raise SmallsetError(
                 f"The checkpoint in {path.parent} was made by another method or other settings; "
@@ -168,22 +175,18 @@ CONDENSERS: Registry[type[Condenser]] = Registry("distillation method")
 
 
 def register_condenser(name: str):
-    def deco(cls: type[Condenser]) -> type[Condenser]:
-        cls.name = name
-        return CONDENSERS.register(name)(cls)
-
-    return deco
+    return register_method(CONDENSERS, name)
 
 
 def check_ipc(ipc: int, ds: ImageDataset) -> int:
     try:
         ipc = int(ipc)
     except (TypeError, ValueError):
-        raise SmallsetError(f"--ipc must be a whole number, not {ipc!r}.") from None
+        raise SmallsetError(f"ipc must be a whole number, not {ipc!r}.", option="ipc") from None
     smallest = min(ds.class_counts()) if len(ds) else 0
     if ipc < 1 or ipc > smallest:
         raise SmallsetError(
-            f"--ipc must lie between 1 and {smallest} (the smallest class of the source); got {ipc}."
+            f"ipc must lie between 1 and {smallest} (the smallest class of the source); got {ipc}.", option="ipc"
         )
     return ipc
 
@@ -208,7 +211,7 @@ def to_dataset(syn: Synthetic, source: ImageDataset) -> ImageDataset:
 
 def init_synthetic(ds: ImageDataset, ipc: int, init: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-major synthetic tensor (normalised space): ``real`` copies ipc random images per class,
-    ``noise`` draws N(0, 1) (§1.2)."""
+    ``noise`` draws N(0, 1) (docs/methods/dc.md#synthetic-set)."""
     c, (h, w) = ds.channels, ds.image_size
     labels = torch.arange(ds.num_classes).repeat_interleave(ipc)
     if init == "noise":

@@ -1,49 +1,11 @@
 """CAFE: Condense dataset by Aligning FEatures (Wang, Zhao et al., CVPR 2022).
 
-Spec: condensation-methods.md §5 (features §5.1, losses §5.2, dynamic bi-level loop §5.3), §7, §11.
-Every iteration draws a fresh random ConvNet (``ctx.model``; it must offer ``layer_outputs``). The outer
-loop takes one image step on
+Every iteration draws a fresh random ConvNet; the synthetic images take steps that align their class-mean
+features with the real images' at several layers, plus a discrimination loss, while a dynamic bi-level loop
+(accuracy-probe stop rules λ1/λ2) decides how many image steps and network epochs each iteration gets.
+Optional CAFE+DSA (Siamese DSA per class).
 
-    L = Σ_l w_l · SSE(M_real(f_l), M_syn(f_l))            layer-wise alignment, f1..f4, w = 0.1, 0.1, 1, 1
-      + w_last · SSE(M_syn(f5), M_real(f5))                 last-layer alignment (f5 = f4 flattened)
-      + w_disc · CE_sum(⟨f5(real_i), M_syn_k(f5)⟩, y_i)     discrimination loss, w_disc = 0.01
-
-(M_c = mean over the samples of class c, SSE = summed squared difference over classes and elements), then
-probes the network's accuracy on fresh real images and leaves when the last ``watch_window`` probes span
-less than λ1 ("the network has converged"); otherwise the inner loop trains the network one epoch at a
-time on the synthetic set until the last ``watch_window`` probes span more than λ2 ("changed enough").
-lr_img is halved at 60/80/90 % of the iterations (1200/1600/1800 of 2000).
-
-Differences from the reference code (which only runs 10-class 3×32×32 data):
-
-- Any number of classes, channels and image sizes. All classes go through the network in one batched,
-  class-major pass per side; class means come from ``index_add`` (real; classes smaller than
-  ``batch_real`` contribute all their images) and a reshape (synthetic). The real pass runs without
-  autograd (no gradient reaches the synthetic pixels through it) in chunks of ``REAL_CHUNK`` images to
-  bound memory; for per-sample-normalised nets (instance norm, the default) this is the same computation.
-- The reference's extra CE(net(real), y) term has no gradient w.r.t. the images (a no-op, [issues]
-  CAFE #3) and its per-inner-epoch "test" pass over the synthetic set is unused: both are left out.
-- With ``dsa`` (CAFE+DSA) each class gets its own Siamese transformation shared by its real and
-  synthetic images (:meth:`distill.augment.DSA.siamese_groups`, one batched call), and the inner loop
-  trains with non-Siamese DSA, as the reference does.
-- Stopping rules (:class:`LoopWatcher`): the reference's accuracy accumulator quirk is replicated by
-  default (``accumulator_quirk``): the probed value is ``(previous value + Σ_c acc_c) / classes``, i.e.
-  ``mean accuracy + previous / classes`` (with 10 classes exactly the reference's "+10 % of the previous
-  value"; the reference divides by its class count, so this is the literal generalisation). The value
-  starts from 0 for each loop (the reference resets it when a loop exits, and the inner loop starts a
-  fresh one each time). ``accumulator_quirk=False`` uses the plain accuracy instead.
-- Caps: the reference's loops have no upper bound. ``max_outer_steps`` and ``max_inner_epochs``
-  (default 100 each, well above the 10-step minimum the window implies) stop a loop that never meets its
-  rule, so a run always ends; ``info`` counts how often each cap fired.
-- Randomness: real batches, probes, inner-loop shuffling, augmentation and the networks' initialisations
-  (:func:`smallset.models.seeded_model`) come from named, checkpointed generators (the reference uses numpy's
-  global RNG and wall-clock seeds), so runs are reproducible, resume exactly and are safe beside other threads.
-
-``Synthetic.info``: ``loss_curve`` (mean total loss of the image steps of each iteration) and, per
-iteration, ``align_loss_curve``/``last_loss_curve``/``disc_loss_curve`` (the three terms, unweighted
-except for the layer weights), ``outer_steps`` (image steps) and ``inner_epochs`` (network epochs, all
-inner loops together); ``mean_outer_steps``, ``mean_inner_epochs``, ``outer_cap_hits``,
-``inner_cap_hits`` and ``mean_abs_change`` (mean |final − initial| pixel, normalised space).
+Rationale and the paper's recipe: docs/methods/cafe.md.
 """
 from __future__ import annotations
 
@@ -58,14 +20,14 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.distill.base import Condenser, Synthetic, register_condenser
-from smallset.distill.dc import check_positive, new_network, setup_matching_state, train_on_synthetic
+from smallset.distill._matching import check_positive, new_network, setup_matching_state, train_on_synthetic
 
 REAL_CHUNK = 1024  # real images per no-grad forward (memory bound)
 
 
 @dataclass
 class CAFEConfig:
-    """CAFE hyper-parameters (§5.2–5.3, §7); CAFE has no per-ipc schedule."""
+    """CAFE hyper-parameters (docs/methods/cafe.md#cafe-defaults); CAFE has no per-ipc schedule."""
 
     iterations: int = field(default=2000, metadata={"help": "outer iterations, each with a fresh random network"})
     lr_img: float = field(default=0.1, metadata={"help": "SGD learning rate of the synthetic images"})
@@ -93,7 +55,7 @@ class CAFEConfig:
 
 
 class LoopWatcher:
-    """One of CAFE's dynamic stop rules (§5.3), fed one accuracy probe at a time.
+    """One of CAFE's dynamic stop rules (docs/methods/cafe.md#cafe-loop), fed one accuracy probe at a time.
 
     ``stop_when='stable'`` (outer loop, threshold λ1): stop once the last ``window`` values span less than
     the threshold. ``stop_when='changed'`` (inner loop, λ2): stop once they span more than it. The value
@@ -108,7 +70,7 @@ class LoopWatcher:
         if stop_when not in ("stable", "changed"):
             raise ValueError("stop_when must be 'stable' or 'changed'")
         if window < 2:
-            raise SmallsetError(f"--watch-window must be at least 2; got {window}.")
+            raise SmallsetError(f"watch_window must be at least 2; got {window}.", option="watch_window")
         self.threshold, self.stop_when, self.window = float(threshold), stop_when, int(window)
         self.carry, self.cap = float(carry), cap
         self.value = 0.0
@@ -135,7 +97,8 @@ class LoopWatcher:
 
 
 def halved_lr(lr: float, it: int, milestones: list[int]) -> float:
-    """lr_img at iteration ``it``: halved once for every milestone iteration reached (§5.3)."""
+    """lr_img at iteration ``it``: halved once for every milestone iteration reached
+    (docs/methods/cafe.md#cafe-loop)."""
     return lr * 0.5 ** sum(it >= m for m in milestones)
 
 
@@ -143,7 +106,8 @@ def parse_floats(text: str, what: str) -> list[float]:
     try:
         return [float(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise SmallsetError(f"--{what} must be comma-separated numbers, e.g. 0.1,0.1,1.0,1.0; got {text!r}.") from None
+        raise SmallsetError(f"{what} must be comma-separated numbers, e.g. 0.1,0.1,1.0,1.0; got {text!r}.",
+                             option=what) from None
 
 
 def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -156,9 +120,13 @@ def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
 
 @register_condenser("cafe")
 class CAFECondenser(Condenser):
-    """Layer-wise feature alignment + discrimination loss with CAFE's dynamic bi-level loop (§5)."""
+    """Layer-wise feature alignment + discrimination loss with CAFE's dynamic bi-level loop
+    (docs/methods/cafe.md)."""
 
     config_cls = CAFEConfig
+    demo = {"iterations": 3, "max_outer_steps": 3, "max_inner_epochs": 3, "probe_per_class": 16, "batch_real": 64}
+    smoke = {"iterations": 4, "batch_real": 4, "probe_per_class": 4, "watch_window": 2, "max_outer_steps": 3,
+             "max_inner_epochs": 2, "lr_halving": "0.5", "batch_train": 2}
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
@@ -167,19 +135,19 @@ class CAFECondenser(Condenser):
         check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],
                        allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
         if cfg.watch_window < 2:
-            raise SmallsetError(f"--watch-window must be at least 2; got {cfg.watch_window}.")
+            raise SmallsetError(f"watch_window must be at least 2; got {cfg.watch_window}.", option="watch_window")
         halving = parse_floats(cfg.lr_halving, "lr-halving")
         if any(not (0.0 < f <= 1.0) for f in halving):
-            raise SmallsetError(f"--lr-halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.")
+            raise SmallsetError(f"lr_halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.", option="lr_halving")
         self.milestones = [int(round(f * cfg.iterations)) for f in halving]
         self.layer_weights = parse_floats(cfg.layer_weights, "layer-weights")
         if any(w < 0 for w in self.layer_weights):
-            raise SmallsetError("--layer-weights must not be negative.")
+            raise SmallsetError("layer_weights must not be negative.", option="layer_weights")
 
         setup_matching_state(self, ds, ipc, ctx, probe=5)
         self.augment = None
         if cfg.dsa:
-            from smallset.distill.augment import DSA, default_strategy
+            from smallset.augment import DSA, default_strategy
 
             self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels))
         self.carry = 1.0 / ds.num_classes if cfg.accumulator_quirk else 0.0
@@ -206,7 +174,8 @@ class CAFECondenser(Condenser):
 
     # -- pieces of one iteration -------------------------------------------------------------------
     def _image_step(self, net: nn.Module) -> tuple[float, float, float, float]:
-        """One image step on L (§5.2); returns (total, align, last, discrimination) loss values."""
+        """One image step on L (docs/methods/cafe.md#cafe-losses); returns (total, align, last,
+        discrimination) loss values."""
         cfg, k = self.config, self.num_classes
         xr, yr = self.sampler.batch_all(cfg.batch_real, self.generators["real"])
         xs = self.syn

@@ -1,29 +1,11 @@
 """DC: Dataset Condensation with Gradient Matching (Zhao, Mopuri & Bilen, ICLR 2021).
 
-Spec: condensation-methods.md §2 (objective §2.1, layer-wise distance §2.2, algorithm §2.3, per-ipc loops
-§2.4) and the shared infrastructure of §1. Every outer iteration draws a fresh randomly initialised
-network; for ``outer_loop`` steps the synthetic images of every class are moved so that the gradient of
-the classification loss on them matches the gradient on a batch of real images of that class (one joint
-image step over all classes), and between those steps the network is trained for ``inner_loop`` epochs on
-the (detached) synthetic set.
+Every outer iteration draws a fresh random network; the synthetic images take joint steps that make the
+gradient of the loss on each class's synthetic images match the gradient on real images of that class
+(layer-wise cosine distance), and between those steps the network trains on the synthetic set.
+:class:`DCCondenser` is also the base of DSA.
 
-Implementation notes (all equivalent to the reference code unless said otherwise):
-
-- The class sum of distances is back-propagated one class at a time into an accumulated image gradient
-  (``torch.autograd.grad`` w.r.t. that class's slice) instead of one backward pass over the summed loss:
-  the same gradient up to float summation order, with one class's second-order graph in memory at a time,
-  and no stray gradients left on the network's weights.
-- Real batches: per class, a fresh random permutation of that class's examples, first ``batch_real``
-  (§1.1); all sampling, network initialisations included, uses named, checkpointed generators
-  (:func:`smallset.models.seeded_model`), so a run is reproducible, resumes exactly and is safe beside other
-  threads (the reference reseeds from the wall clock).
-- Networks with BatchNorm layers get the reference's treatment: before each outer step 16 real images
-  per class are forwarded in train mode and the BatchNorm layers are then frozen (§2.3).
-- ``momentum_net`` defaults to 0 (current reference code); the original DC code used 0.5 (§2.3).
-
-:class:`DCCondenser` is also the base of DSA (:mod:`distill.dsa`), which only switches on the Siamese
-augmentation; :func:`gradient_distance`, :class:`RealSampler` and :func:`train_on_synthetic` are shared
-with CAFE (:mod:`distill.cafe`).
+Rationale and the paper's recipe: docs/methods/dc.md.
 """
 from __future__ import annotations
 
@@ -38,17 +20,17 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.distill._matching import (RealSampler, check_positive, freeze_batchnorm, new_network,  # noqa: F401
+                                        setup_matching_state, train_on_synthetic)
+from smallset.distill.base import Condenser, Synthetic, register_condenser
 
-# get_loops of the reference code (§2.4): ipc → (outer_loop, inner_loop).
+# get_loops of the reference code (docs/methods/dc.md#dc-loops): ipc → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
                                      50: (50, 10)}
-# Real images per class forwarded to set the BatchNorm statistics before matching (reference: BNSizePC).
-BN_IMAGES_PER_CLASS = 16
 
 
 def loops_for_ipc(ipc: int) -> tuple[int, int]:
-    """(outer_loop, inner_loop) for ``ipc`` (§2.4).
+    """(outer_loop, inner_loop) for ``ipc`` (docs/methods/dc.md#dc-loops).
 
     The reference code knows ipc 1/10/20/30/40/50 only and aborts for any other value. Fallback here:
     above 50, (50, 10), one of the two settings the authors advise for large ipc ([issues] #2; the other is
@@ -66,7 +48,7 @@ def loops_for_ipc(ipc: int) -> tuple[int, int]:
 
 @dataclass
 class DCConfig:
-    """DC hyper-parameters (§2.4); :meth:`for_ipc` fills in the per-ipc loop lengths."""
+    """DC hyper-parameters (docs/methods/dc.md#dc-loops); :meth:`for_ipc` fills in the per-ipc loop lengths."""
 
     iterations: int = field(default=1000, metadata={"help": "outer iterations, each with a fresh random network"})
     outer_loop: int = field(default=1, metadata={"help": "image steps per iteration (get_loops; set per ipc)"})
@@ -81,7 +63,8 @@ class DCConfig:
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DCConfig":
-        """The paper's defaults for ``ipc``; above 50 ipc also ``init='real'`` as the authors advise (§2.4)."""
+        """The paper's defaults for ``ipc``; above 50 ipc also ``init='real'`` as the authors advise
+        (docs/methods/dc.md#dc-loops)."""
         outer, inner = loops_for_ipc(ipc)
         cfg = cls(outer_loop=outer, inner_loop=inner)
         if ipc > 50:
@@ -91,7 +74,7 @@ class DCConfig:
 
 # --- shared pieces ---------------------------------------------------------------------------------
 def gradient_distance(g_real: Sequence[torch.Tensor], g_syn: Sequence[torch.Tensor]) -> torch.Tensor:
-    """DC's layer-wise gradient distance (``dis_metric='ours'``, §2.2).
+    """DC's layer-wise gradient distance (``dis_metric='ours'``, docs/methods/dc.md#dc-gradient-distance).
 
     For each pair of gradient tensors of the same parameter: 1-D tensors (biases, norm scales/shifts)
     contribute 0; others are reshaped to ``[out, rest]`` (conv ``[out, in·kh·kw]``, linear as is, 3-D
@@ -117,118 +100,16 @@ def gradient_distance(g_real: Sequence[torch.Tensor], g_syn: Sequence[torch.Tens
     return total
 
 
-class RealSampler:
-    """The real training set on the device, normalised, with per-class random batches (§1.1)."""
-
-    def __init__(self, ds: ImageDataset, device: torch.device):
-        self.device = torch.device(device)
-        self.x = ds.normalized().to(self.device)
-        self.class_idx = ds.class_indices()
-        self.num_classes = ds.num_classes
-
-    def indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``min(n, class size)`` random distinct rows of class ``c`` (a fresh permutation per draw)."""
-        idx = self.class_idx[c]
-        return idx[torch.randperm(len(idx), generator=generator)[:n]]
-
-    def batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.x[self.indices(c, n, generator).to(self.device)]
-
-    def batch_all(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class-major batch: ``min(n, size of c)`` images of every class c, and their labels."""
-        picks = [self.indices(c, n, generator) for c in range(self.num_classes)]
-        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
-        return self.x[torch.cat(picks).to(self.device)], labels.to(self.device)
-
-
-def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int,
-                       batch_size: int, generator: torch.Generator,
-                       augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Train ``net`` for ``epochs`` shuffled epochs of plain CE on the (detached) set ``x, y`` (§2.3 inner
-    loop); ``augment`` (DSA, non-Siamese) is applied to every mini-batch. Returns the last batch loss."""
-    net.train()
-    x, y = x.detach(), y.detach()
-    loss = torch.zeros(())
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=generator).to(x.device)
-        for start in range(0, len(x), batch_size):
-            idx = perm[start:start + batch_size]
-            xb = x[idx]
-            if augment is not None:
-                xb = augment(xb)
-            loss = F.cross_entropy(net(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return float(loss.detach())
-
-
-def freeze_batchnorm(net: nn.Module, sampler: RealSampler, generator: torch.Generator) -> None:
-    """For networks with BatchNorm (§2.3): set the running statistics from 16 real images per class in
-    train mode, then put every BatchNorm layer in eval mode. A no-op for other networks."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    x, _ = sampler.batch_all(BN_IMAGES_PER_CLASS, generator)
-    net.train()
-    with torch.no_grad():
-        net(x)
-    for m in bns:
-        m.eval()
-
-
-def check_positive(cfg, names: Sequence[str], allow_zero: Sequence[str] = ()) -> None:
-    for name in names:
-        v = getattr(cfg, name)
-        if v < 0 or (v == 0 and name not in allow_zero):
-            bound = "at least 0" if name in allow_zero else "positive"
-            raise SmallsetError(f"--{name.replace('_', '-')} must be {bound}; got {v}.")
-
-
-# --- the condenser ----------------------------------------------------------------------------------
-def setup_matching_state(cond: Condenser, ds: ImageDataset, ipc: int, ctx: RunContext, **more_generators: int) -> None:
-    """The run state DC, DSA and CAFE share, set on ``cond``: context, device, shapes, named generators
-    (``init``, ``real``, ``shuffle``, ``aug``, ``net``, plus ``more_generators`` name → offset), the synthetic
-    images initialised by ``cond.config.init`` with their SGD optimiser (``lr_img``, ``momentum_img``) and
-    the per-class real-image sampler."""
-    cfg = cond.config
-    if cfg.init not in ("real", "noise"):
-        raise SmallsetError(f"--init must be real or noise; got {cfg.init!r}.")
-    cond.ctx, cond.ipc = ctx, ipc
-    cond.device = torch.device(ctx.device)
-    cond.num_classes = ds.num_classes
-    cond.shape = (ds.channels, ds.image_size)
-    cond.generators = {
-        "init": ctx.generator(1),
-        "real": ctx.generator(2),
-        "shuffle": ctx.generator(3),
-        "aug": ctx.generator(4),
-        **{name: ctx.generator(offset) for name, offset in more_generators.items()},
-        # networks: the stream torch.manual_seed(seed) gives, as before this was a named generator
-        "net": torch.Generator().manual_seed(ctx.seed),
-    }
-    syn, labels = init_synthetic(ds, ipc, cfg.init, cond.generators["init"])
-    cond.init_images = syn.clone()
-    cond.syn = syn.to(cond.device).requires_grad_(True)
-    cond.labels = labels.to(cond.device)
-    cond.opt = torch.optim.SGD([cond.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
-    cond.sampler = RealSampler(ds, cond.device)
-
-
-def new_network(cond: Condenser) -> nn.Module:
-    """The next freshly initialised network of ``cond``'s ``net`` generator, in train mode on its device."""
-    c, size = cond.shape
-    net = seeded_model(cond.ctx.model, c, cond.num_classes, size, cond.generators["net"],
-                       **(cond.ctx.model_kwargs or {}))
-    return net.to(cond.device).train()
-
-
 @register_condenser("dc")
 class DCCondenser(Condenser):
-    """Gradient matching (§2.3): per iteration a fresh network, ``outer_loop`` joint image steps, each
-    followed (except the last) by ``inner_loop`` epochs of network training on the synthetic set."""
+    """Gradient matching (docs/methods/dc.md#dc-algorithm): per iteration a fresh network, ``outer_loop``
+    joint image steps, each followed (except the last) by ``inner_loop`` epochs of network training on the
+    synthetic set."""
 
     config_cls = DCConfig
+    # DC starts from real images in the demo: from noise (its paper default) 5 iterations learn nothing.
+    demo = {"iterations": 5, "outer_loop": 2, "inner_loop": 5, "batch_real": 64, "init": "real"}
+    smoke = {"iterations": 4, "outer_loop": 2, "inner_loop": 1, "batch_real": 4, "batch_train": 2}
     siamese: bool = False  # DSA switches on Siamese augmentation (distill.dsa)
 
     # -- hooks -------------------------------------------------------------------------------------

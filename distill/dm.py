@@ -1,29 +1,10 @@
 """DM — Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023; arXiv 2110.04181).
 
-condensation-methods.md §4. Every outer iteration draws a new randomly initialised network (``ctx.model``
-with ``ctx.model_kwargs``; the paper's ConvNet-3), freezes it, and matches, class by class, the mean
-embedding (``model.embed``, the penultimate features) of a batch of real images with the mean embedding
-of that class's synthetic images — a linear-kernel MMD — after one Siamese DSA transformation per class
-shared by the real and the synthetic images (§3.3). The loss Σ_c ‖mean(e_real,c) − mean(e_syn,c)‖² is
-summed over classes and the synthetic images (normalised space, never clamped, §1.1) take one joint SGD
-step (momentum 0.5, lr_img) per iteration (§4.2, §11).
+Every iteration draws a new random, frozen network and moves the synthetic images so that each class's mean
+embedding matches the mean embedding of a batch of real images of that class (a linear-kernel MMD), after
+one Siamese DSA transformation per class; one joint image step per iteration, all classes batched together.
 
-Implementation notes (same objective as the reference ``main_DM.py``, organised for speed):
-
-- All classes go through the network in one batched pass: the real batches of every class are
-  concatenated (one forward without gradients) and the whole synthetic set is a second forward;
-  per-class means come from ``index_add`` (real) and a reshape of the class-major synthetic set. The
-  reference does this only for BatchNorm nets and loops over classes otherwise; for per-sample nets
-  (instance norm, the default) the two are the same computation. Real and synthetic images stay in
-  separate forwards, as in the reference, so BatchNorm statistics are never mixed between them.
-- Siamese DSA for all classes in one call (:meth:`distill.augment.DSA.siamese_groups`): each class
-  draws its own family and parameters, as the reference's per-class seeds do.
-- Real batches: per class, the first ``batch_real`` entries of a fresh random permutation of that
-  class's examples (all of them when the class is smaller), drawn for all classes at once by sorting
-  random keys.
-- Randomness: network seeds, real batches and augmentation parameters come from three named CPU
-  generators (``self.generators``), saved in checkpoints, so a resumed run is bit-identical (on the
-  same device). The reference reseeds from the wall clock and is not reproducible.
+Rationale and the paper's recipe: docs/methods/dm.md.
 """
 from __future__ import annotations
 
@@ -36,13 +17,13 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.distill.augment import DSA, default_strategy, parse_strategy
+from smallset.augment import DSA, default_strategy, parse_strategy
 from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
 
 @dataclass
 class DMConfig:
-    """DM hyper-parameters (§4.3): the paper's CIFAR settings for ipc 1/10/50."""
+    """DM hyper-parameters (docs/methods/dm.md#dm-hyperparameters): the paper's CIFAR settings for ipc 1/10/50."""
 
     iterations: int = field(default=20000, metadata={"help": "outer iterations (one random network each)"})
     lr_img: float = field(default=1.0, metadata={"help": "SGD learning rate of the synthetic images"})
@@ -54,25 +35,28 @@ class DMConfig:
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DMConfig":
-        """lr_img 1 up to 50 ipc, 10 from 100 ipc (the CIFAR-10 settings of the DM README, §4.3; its
-        CIFAR-100 runs at 100/125 ipc kept 1 — pass ``--lr-img 1`` there)."""
+        """lr_img 1 up to 50 ipc, 10 from 100 ipc (the CIFAR-10 settings of the DM README,
+        docs/methods/dm.md#dm-hyperparameters; its CIFAR-100 runs at 100/125 ipc kept 1 — pass
+        ``--lr-img 1`` there)."""
         return cls(lr_img=10.0 if int(ipc) >= 100 else 1.0)
 
 
 @register_condenser("dm")
-class DM(Condenser):
-    """Distribution matching of mean random-network embeddings (§4)."""
+class DMCondenser(Condenser):
+    """Distribution matching of mean random-network embeddings (docs/methods/dm.md)."""
 
     config_cls = DMConfig
+    demo = {"iterations": 100, "batch_real": 64}
+    smoke = {"iterations": 4, "batch_real": 4}
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
         if cfg.iterations < 1:
-            raise SmallsetError("DM needs --iterations of at least 1.")
+            raise SmallsetError("DM needs iterations of at least 1.", option="iterations")
         if cfg.batch_real < 1:
-            raise SmallsetError("DM needs --batch-real of at least 1.")
+            raise SmallsetError("DM needs batch_real of at least 1.", option="batch_real")
         if cfg.lr_img <= 0:
-            raise SmallsetError("DM needs a positive --lr-img.")
+            raise SmallsetError("DM needs a positive lr_img.", option="lr_img")
         if cfg.init not in ("real", "noise"):
             raise SmallsetError(f"Unknown init {cfg.init!r}; use real or noise.")
         self.ctx, self.ipc = ctx, ipc
@@ -89,7 +73,8 @@ class DM(Condenser):
         if self.dsa is None and cfg.dsa_strategy:
             parse_strategy(cfg.dsa_strategy)  # still reject a malformed strategy
 
-        # The whole training set on the device once, with a padded class → example index table (§1.1).
+        # The whole training set on the device once, with a padded class → example index table
+        # (docs/methods/dc.md#condensation-data).
         self.x_real = ds.normalized().to(self.device)
         counts = torch.tensor(ds.class_counts())
         self.n_per_class = counts.clamp(max=cfg.batch_real)

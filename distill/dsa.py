@@ -1,15 +1,10 @@
 """DSA: Dataset Condensation with Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021).
 
-Spec: condensation-methods.md §3.1 — exactly DC's loop (§2.3, :class:`distill.dc.DCCondenser`) with
-(a) inside every class-matching step, the real batch and the synthetic images of that class augmented by
-ONE randomly drawn transformation shared by all of their images (:meth:`distill.augment.DSA.siamese`,
-§3.3), so the synthetic gradient flows through the augmentation; (b) the inner-loop network training
-augmented with non-Siamese DSA (per-image parameters, one family per mini-batch). Hyper-parameters as DC
-(same per-ipc loops, lr_img 0.1, 1000 iterations) with ``init='real'`` (the README command). Evaluation
-of a DSA set should use DSA augmentation too (§1.4: protocol ``paper-1000`` with ``augment='dsa'``).
+DC's gradient matching with one randomly drawn transformation shared by the real and the synthetic images
+of each class in every matching step (so the synthetic gradient flows through it), and non-Siamese DSA in
+the inner-loop network training; DC's hyperparameters with real-image initialisation.
 
-Augmentation parameters come from the checkpointed generator ``self.generators['aug']`` (the reference
-seeds from the wall clock), so runs are reproducible and resume exactly.
+Rationale and the paper's recipe: docs/methods/dsa.md (augmentations: docs/methods/dsa-augmentation.md).
 """
 from __future__ import annotations
 
@@ -22,28 +17,33 @@ from smallset.distill.dc import DCCondenser, DCConfig
 
 
 @dataclass
-class DSAMethodConfig(DCConfig):
-    """DC's hyper-parameters (§2.4) with the DSA README's real-image init and a strategy string (§3.2)."""
+class DSAConfig(DCConfig):
+    """DC's hyper-parameters (docs/methods/dc.md#dc-loops) with the DSA README's real-image init and a
+    strategy string (docs/methods/dsa-augmentation.md#dsa-transformations)."""
 
     init: Literal["real", "noise"] = field(default="real", metadata={"help": "initialise from real images or N(0,1) noise"})
     dsa_strategy: str = field(default="", metadata={
         "help": "DSA strategy, e.g. color_crop_cutout_flip_scale_rotate; empty = the default for the channel count"})
 
     @classmethod
-    def for_ipc(cls, ipc: int) -> "DSAMethodConfig":
-        """DC's per-ipc loops (§2.4, with its fallback for other ipc); init stays ``real``."""
+    def for_ipc(cls, ipc: int) -> "DSAConfig":
+        """DC's per-ipc loops (docs/methods/dc.md#dc-loops, with its fallback for other ipc); init stays
+        ``real``."""
         base = DCConfig.for_ipc(ipc)
         return cls(outer_loop=base.outer_loop, inner_loop=base.inner_loop)
 
 
 @register_condenser("dsa")
 class DSACondenser(DCCondenser):
-    """DC with Siamese augmentation in matching and DSA augmentation in the inner loop (§3.1)."""
+    """DC with Siamese augmentation in matching and DSA augmentation in the inner loop
+    (docs/methods/dsa.md#dsa-changes)."""
 
-    config_cls = DSAMethodConfig
+    config_cls = DSAConfig
+    demo = {"iterations": 5, "outer_loop": 2, "inner_loop": 5, "batch_real": 64}
+    smoke = {"iterations": 4, "outer_loop": 2, "inner_loop": 1, "batch_real": 4, "batch_train": 2}
     siamese = True
 
     def make_augment(self, ds: ImageDataset):
-        from smallset.distill.augment import DSA, default_strategy
+        from smallset.augment import DSA, default_strategy
 
         return DSA(strategy=self.config.dsa_strategy or default_strategy(ds.channels))

@@ -1,28 +1,23 @@
-"""The coreset-selector interface and registry.
+"""The selector side of the method contract (:mod:`smallset.method`) and its registry.
 
-A selector takes a dataset and returns the indices it keeps, their weights and, for methods that rank
-examples, a score for every example. Ranking methods split the work in two: :meth:`Selector.score`
-(expensive, computed once per source/model/seed/settings and cached by the orchestration layer) and
-:meth:`Selector.select` (cheap, once per fraction). ``higher_is_keep`` says which end of the score
-ranking is kept; tests pin it for every scorer.
+A selector keeps a weighted subset of real examples. Ranking selectors compute their per-example scores
+(or features) in :meth:`Selector.prepare`, which the pipeline caches, and turn them into a selection for
+each fraction in :meth:`Selector.select`; ``higher_is_keep`` says which end of a ranking is kept.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from smallset.config import NoConfig  # noqa: F401  (re-exported for method modules)
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.method import Method, Reduction, register_method
 from smallset.registry import Registry
-
-
-@dataclass
-class NoConfig:
-    """A method without hyperparameters."""
 
 
 @dataclass
@@ -41,61 +36,42 @@ class Selection:
             raise ValueError("a selection must not repeat an index")
 
 
-class Selector:
-    """Base class. Subclasses set ``config_cls`` (a dataclass with the paper's defaults) and implement
-    :meth:`select` (and :meth:`score` when they rank examples)."""
+class Selector(Method):
+    """Base class of selectors: implement :meth:`select` (and :meth:`prepare` when they rank examples)."""
 
-    name: ClassVar[str] = ""
     kind: ClassVar[str] = "prune"
-    config_cls: ClassVar[type] = NoConfig
-    higher_is_keep: ClassVar[bool | None] = None  # None: this selector has no scores
-    # True when the score depends on the scoring model: the cache key then includes it.
-    uses_model: ClassVar[bool] = False
-    # Names of the config fields that change the scores (the rest only change the selection step);
-    # the orchestration layer caches scores on (source digest, model, seed, these fields).
-    score_fields: ClassVar[tuple[str, ...]] = ()
+    budget_unit: ClassVar[str] = "fraction"
+    higher_is_keep: ClassVar[bool | None] = None  # None: this selector has no ranking scores
 
-    def __init__(self, config: Any = None):
-        self.config = config if config is not None else self.config_cls()
-
-    def params(self) -> dict:
-        return config_to_dict(self.config)
-
-    def score_params(self) -> dict:
-        return {k: v for k, v in self.params().items() if k in self.score_fields}
-
-    def score(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor | None:
-        """Per-example scores (or features) computed once; None for methods that do not rank."""
-        return None
-
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores: Any = None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared: Any = None) -> Selection:
         raise NotImplementedError
+
+    def reduce(self, ds: ImageDataset, budget: float, ctx: RunContext, prepared: Any = None) -> Reduction:
+        if prepared is None and self.has_prepare():
+            prepared = self.prepare(ds, ctx)
+        sel = self.select(ds, check_fraction(budget), ctx, prepared)
+        scores = sel.scores if sel.scores is not None else (prepared if _is_score_vector(prepared, ds) else None)
+        return Reduction(ds.subset(sel.indices, sel.weights), dict(sel.info), scores)
+
+
+def _is_score_vector(value: Any, ds: ImageDataset) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 1 and len(value) == len(ds)
 
 
 SELECTORS: Registry[type[Selector]] = Registry("pruning method")
 
 
 def register_selector(name: str):
-    def deco(cls: type[Selector]) -> type[Selector]:
-        cls.name = name
-        return SELECTORS.register(name)(cls)
-
-    return deco
-
-
-def config_to_dict(config: Any) -> dict:
-    if config is None or not is_dataclass(config):
-        return {}
-    return {f.name: getattr(config, f.name) for f in fields(config)}
+    return register_method(SELECTORS, name)
 
 
 def check_fraction(fraction: float) -> float:
     try:
         fraction = float(fraction)
     except (TypeError, ValueError):
-        raise SmallsetError(f"--fraction must be a number in (0, 1], not {fraction!r}.") from None
+        raise SmallsetError(f"fraction must be a number in (0, 1], not {fraction!r}.", option="fraction") from None
     if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
-        raise SmallsetError(f"--fraction must lie in (0, 1]; got {fraction}.")
+        raise SmallsetError(f"fraction must lie in (0, 1]; got {fraction}.", option="fraction")
     return fraction
 
 

@@ -1,83 +1,11 @@
-"""CREST: coresets for stochastic gradient descent (Yang, Kang, Mirzasoleiman, ICML 2023; pruning-methods.md §1).
+"""CREST: coresets for stochastic gradient descent (Yang, Kang, Mirzasoleiman, ICML 2023).
 
-CREST does not score examples: it *trains* the model on a budget of SGD steps and decides, while training,
-which examples the steps are spent on. The budget is ``fraction`` of the full run's steps computed as in
-the reference (§1.2): ``steps_per_epoch = ceil(floor(N·fraction) / batch_size)`` and
-``steps = epochs × steps_per_epoch`` (a CREST "epoch" is ``steps_per_epoch`` steps; the LR schedule and
-the per-epoch curves count these epochs). The loop (pseudocode §1.13):
+Trains the model on ``fraction`` of the full run's SGD steps and decides, while training, which examples
+the steps are spent on: weighted mini-batch coresets picked by facility location from random subsets,
+re-selected when a quadratic model of the loss stops predicting it, with learned examples dropped from the
+pool. The returned selection lists every example trained on, weighted by how often it was used.
 
-1. Epoch 0 runs on shuffled full-data mini-batches with unit weights (at LR 0 with the default warm-up,
-   §1.3). Selection starts at step ``steps_per_epoch``.
-2. Selection (§1.4–1.7): draw P class-balanced random subsets R_p of ``ceil(r·N/C)`` examples per class
-   from the not-yet-dropped pool; compute gradient proxies softmax(z) − onehot(y) in one eval-mode
-   forward pass; in each R_p and class pick ``ceil(B/C)`` points by greedy facility location with
-   s_ij = exp(−‖g_i − g_j‖/C) (:mod:`prune.submodular`), weighted by cluster size; train on shuffled
-   batches of the union U of the P coresets, weights normalised to mean 1 over U.
-3. Quadratic model (§1.8): one train-mode pass over U in batches of B, each batch giving its gradient and
-   a Hutchinson diagonal-Hessian sample v⊙Hv; Adahessian-style EMAs (β 0.9 / 0.999, bias-corrected,
-   persistent over the whole run) give ĝ_b and D_b = sqrt(ŝ_b) + 1e-4; g₀, H₀ (= mean D_b, or the raw
-   Hutchinson mean with ``approx_moment=False``) and L₀ are batch-size-weighted means over the pass;
-   κ = mean ‖D_b‖. δ := 0, and every SGD step with LR > 0 does δ ← δ − lr·∇L_batch.
-4. Check (§1.8): at step t with (t − t₀) mod check_interval = 0, before training on that step,
-   L_true = mean CE over the concatenated random subsets (eval mode) is compared with
-   L₀ + δᵀg₀ + ½δᵀdiag(H₀)δ; a relative error above τ re-selects at this step.
-5. Adaptation (§1.9): the first selection stores κ₀; later ones set check_interval = ceil(κ₀/κ·interval_mul)
-   and P = min(check_interval·batch_num_mul, steps_per_epoch). κ₀ is taken at the first selection, right after
-   epoch 0, where the curvature is usually at its lowest; on short schedules κ then stays above κ₀, so the
-   interval stays 1 (measured: κ₀ 5–64, final κ 58–86 in 22 of our 24 ten-epoch runs; BENCHMARKS.md).
-6. Dropping learned examples (§1.10): every selection records the eval-mode loss of each example of the
-   random subsets in slot ``epoch mod watch_interval``; at selections in epochs with
-   (epoch+1) mod drop_interval = 0, examples seen whose every recorded loss is ≤ drop_thresh leave the pool
-   for good (per class only if more than ceil(r·N/C) remain; the whole new pool only if it keeps more than
-   ``min_pool_fraction``·N examples).
-
-Fixes of the reference code's quirks (§1.7–1.9), as the spec asks:
-
-- The loss is back-propagated once: the reference's second backward doubles the loss gradient (weight
-  decay not doubled), which amounts to twice the loss LR; here the gradient is the loss gradient.
-- The check's L_true is computed on the random subsets only (the reference runs the whole training set
-  through the model at every check and then indexes R; the value is the same).
-- The number of coresets P is an integer (the reference's float P crashes ``range(P)``).
-
-Other deviations, all documented here:
-
-- ``drop_learned`` is on by default: it is part of the method the paper describes, though the release's
-  parser defaults it to off (§1.10).
-- The reference's absolute ``min_train_size = 40000`` (CIFAR-10: 80 % of 50,000, never rescaled) is the
-  fraction ``min_pool_fraction = 0.8`` of N, so dropping works on datasets of any size.
-- A duplicate index in U (two random subsets may overlap) keeps each copy's own weight; in the reference the
-  per-example weight vector lets the last write win.
-- When a class has fewer than ceil(B/C) members in a random subset, all are taken and the shortfall is
-  handed out one at a time, class by class, to the classes with members to spare (the reference's
-  "minority" rule, which never triggers with its defaults).
-- No momentum by default: the reference parses ``--momentum 0.9`` but never passes it to SGD (§1.3);
-  ``momentum`` is a field for whoever wants it.
-- The LR schedule follows the reference's warm-up wrapper: lr·e/warmup for epochs e ≤ warmup (epoch 0 at
-  LR 0), then lr·gamma^(number of milestones m with e ≥ warmup + 1 + m) — the milestones count from the end
-  of the warm-up, so [100, 150] decays at epochs 121 and 171 (§1.3).
-- Steps at LR 0 change no weights; they run the forward pass only (train mode, so batch-norm running
-  statistics move as in the reference), skipping the backward pass that would be multiplied by zero.
-- The reference's ``approx_with_coreset=False`` variant and its GreeDi path for random subsets above
-  50,000 points are not implemented (neither is used by its defaults).
-- Augmentation is not applied (the project's training protocol trains without it unless asked).
-- Per-example weights of the input dataset (a reduced set's ``weights``) are ignored: CREST sets its own.
-- ``consistent_check`` (off by default) sets L0 to the eval-mode, unweighted loss on the check's random subsets at
-  the selection (already computed for the proxies), instead of the train-mode weighted coreset loss: the
-  "cleaner variant" of §1.8. Without it the check compares two different losses, whose gap alone can exceed
-  τ while the weights barely move; with it the model is exact at δ = 0. (On our 10-epoch LeNet benchmarks it
-  did not change the number of re-selections much: at LR 0.1 the model's real error passes τ within a few
-  steps either way; BENCHMARKS.md.)
-- ``check_subsets`` (off by default) computes the check's L_true on the first k random subsets instead of all
-  P. With the reference settings the check is the dominant cost on a CPU: P grows with the check interval
-  (P = 5·interval), so every step pays an eval forward pass over 5 × 1 % of N examples on average (~8 SGD
-  steps of LeNet on MNIST) until P reaches its cap; ``check_subsets=1`` divides that by P at the price of a
-  noisier L_true (measured: checks 44–48 s → 4–10 s of a 470-step MNIST run; BENCHMARKS.md).
-- Checkpointing (``ctx.checkpoint_dir``) is not supported: a run is one training budget and restarts from scratch.
-
-The returned :class:`~smallset.prune.base.Selection` lists every example CREST trained on: each example picked into a
-coreset, weighted by the number of coresets that picked it, plus, when epoch 0 runs at LR > 0, the epoch-0
-full-data examples (one count per use). ``info`` holds the trained model's test accuracy, the wall time,
-the per-epoch training curve and the selection statistics.
+Rationale and the paper's recipe: docs/methods/crest.md.
 """
 from __future__ import annotations
 
@@ -102,7 +30,7 @@ EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 
 @dataclass
 class CrestConfig:
-    """CREST hyperparameters; defaults are the reference release's (pruning-methods.md §1.11)."""
+    """CREST hyperparameters; defaults are the reference release's (docs/methods/crest.md#crest-defaults)."""
 
     epochs: int = field(default=200, metadata={
         "help": "Epochs of the full run; the budget is fraction × epochs × ceil(N / batch) SGD steps."})
@@ -127,10 +55,11 @@ class CrestConfig:
         "help": "tau: re-select when |L_true − L_approx| > tau × L_true."})
     consistent_check: bool = field(default=False, metadata={
         "help": "Take the check's L0 as the eval-mode loss on the random subsets at selection time, so that "
-                "both sides of the check are the same loss (a deviation suggested by the spec; see the docstring)."})
+                "both sides of the check are the same loss (a deviation suggested by the spec; see "
+                "docs/methods/crest.md)."})
     check_subsets: int = field(default=0, metadata={
         "help": "Random subsets the check computes L_true on: 0 = all P (reference); k = the first k only, "
-                "a cheaper check for CPUs (a deviation, see the module docstring)."})
+                "a cheaper check for CPUs (a deviation, see docs/methods/crest.md)."})
     approx_moment: bool = field(default=True, metadata={
         "help": "Use the Adahessian EMA sqrt(s) as the Hessian diagonal (else the raw Hutchinson mean)."})
     drop_learned: bool = field(default=True, metadata={
@@ -156,12 +85,13 @@ def parse_milestones(text: str) -> list[int]:
         raise SmallsetError(
             f"--lr-milestones must be comma-separated whole epochs like 100,150; got {text!r}.") from None
     if any(m < 0 for m in ms):
-        raise SmallsetError("--lr-milestones cannot be negative.")
+        raise SmallsetError("lr_milestones cannot be negative.", option="lr_milestones")
     return ms
 
 
 def lr_for_epoch(cfg: CrestConfig, epoch: int) -> float:
-    """The reference's warm-up + multi-step schedule (§1.3), one value per CREST epoch (see module docstring)."""
+    """The reference's warm-up + multi-step schedule, one value per CREST epoch: lr·e/warmup up to the warm-up,
+    then one ``lr_gamma`` decay per milestone counted from its end (docs/methods/crest.md#crest-optimiser-schedule)."""
     w = cfg.warmup_epochs
     if w > 0 and epoch <= w:
         return cfg.lr * epoch / w
@@ -171,7 +101,8 @@ def lr_for_epoch(cfg: CrestConfig, epoch: int) -> float:
 
 
 def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
-    """(steps per CREST epoch, total SGD steps) for N examples at ``fraction`` of the full run (§1.2)."""
+    """(steps per CREST epoch, total SGD steps) for N examples at ``fraction`` of the full run
+    (docs/methods/crest.md#crest-budget)."""
     n_sub = math.floor(n * fraction)
     if n_sub < 1:
         raise SmallsetError(
@@ -182,23 +113,23 @@ def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
 
 def validate_config(cfg: CrestConfig) -> None:
     if cfg.check_subsets < 0:
-        raise SmallsetError("--check-subsets cannot be negative (0 checks on all random subsets).")
+        raise SmallsetError("check_subsets cannot be negative (0 checks on all random subsets).", option="check_subsets")
     positive_ints = ("epochs", "batch_size", "num_minibatch_coreset", "check_interval", "watch_interval",
                      "drop_interval")
     for name in positive_ints:
         if int(getattr(cfg, name)) < 1:
-            raise SmallsetError(f"--{name.replace('_', '-')} must be at least 1.")
+            raise SmallsetError(f"{name} must be at least 1.", option=name)
     if cfg.warmup_epochs < 0 or cfg.test_every < 0:
-        raise SmallsetError("--warmup-epochs and --test-every cannot be negative.")
+        raise SmallsetError("warmup_epochs and test_every cannot be negative.", option="warmup_epochs")
     if not (0.0 < cfg.random_subset_size <= 1.0):
-        raise SmallsetError(f"--random-subset-size must lie in (0, 1]; got {cfg.random_subset_size}.")
+        raise SmallsetError(f"random_subset_size must lie in (0, 1]; got {cfg.random_subset_size}.", option="random_subset_size")
     if cfg.lr < 0 or cfg.weight_decay < 0 or cfg.momentum < 0:
-        raise SmallsetError("--lr, --weight-decay and --momentum cannot be negative.")
+        raise SmallsetError("lr, weight_decay and momentum cannot be negative.", option="lr")
     if cfg.lr_gamma <= 0 or cfg.interval_mul <= 0 or cfg.batch_num_mul <= 0 or cfg.check_thresh_factor < 0:
         raise SmallsetError(
             "--lr-gamma, --interval-mul and --batch-num-mul must be positive, --check-thresh-factor non-negative.")
     if not (0.0 <= cfg.min_pool_fraction <= 1.0):
-        raise SmallsetError(f"--min-pool-fraction must lie in [0, 1]; got {cfg.min_pool_fraction}.")
+        raise SmallsetError(f"min_pool_fraction must lie in [0, 1]; got {cfg.min_pool_fraction}.", option="min_pool_fraction")
     parse_milestones(cfg.lr_milestones)
 
 
@@ -214,8 +145,8 @@ class _Crest:
         self.device = torch.device(ctx.device)
         self.n, self.C = len(ds), ds.num_classes
         self.spe, self.total = budget_steps(self.n, fraction, cfg)
-        self.k_r = math.ceil(cfg.random_subset_size * self.n / self.C)  # random-subset size per class (§1.4)
-        self.k_c = math.ceil(cfg.batch_size / self.C)  # coreset size per class (§1.6)
+        self.k_r = math.ceil(cfg.random_subset_size * self.n / self.C)  # random-subset size per class
+        self.k_c = math.ceil(cfg.batch_size / self.C)  # coreset size per class
         self.x = ds.normalized().to(self.device)
         self.y = ds.labels.to(self.device)
         model = seeded_model(ctx.model, ds.channels, self.C, ds.image_size, ctx.seed, **(ctx.model_kwargs or {}))
@@ -228,7 +159,7 @@ class _Crest:
         self.pools = [idx.clone() for idx in ds.class_indices()]
         self.record = torch.full((cfg.watch_interval, self.n), -1.0, device=self.device)
         self.counts = torch.zeros(self.n, dtype=torch.float32, device=self.device)
-        # Adahessian EMAs, persistent over the run (§1.8).
+        # Adahessian EMAs, persistent over the run (docs/methods/crest.md#crest-quadratic-model).
         self.m = torch.zeros(self.numel, device=self.device)
         self.s = torch.zeros(self.numel, device=self.device)
         self.k_ema = 0
@@ -255,7 +186,8 @@ class _Crest:
         return torch.cat(outs) if outs else torch.empty(0, self.C, device=self.device)
 
     def _random_subsets(self, P: int) -> torch.Tensor:
-        """(P·C, k) dataset indices, −1 padded: P class-balanced uniform draws from the pool (§1.4)."""
+        """(P·C, k) dataset indices, −1 padded: P class-balanced uniform draws from the pool
+        (docs/methods/crest.md#crest-random-subsets)."""
         k = max(1, min(self.k_r, max(len(p) for p in self.pools)))
         out = torch.full((P * self.C, k), -1, dtype=torch.long)
         for p in range(P):
@@ -282,7 +214,7 @@ class _Crest:
                     short -= 1
         return budgets.view(-1)
 
-    # --- selection (§1.4–1.10) -------------------------------------------------------------------
+    # --- selection (docs/methods/crest.md#crest-random-subsets to #crest-drop-learned) -----------
     def select(self, epoch: int) -> None:
         cfg = self.cfg
         self._sync()
@@ -294,7 +226,8 @@ class _Crest:
         uniq, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
         logits = self._eval_logits(uniq)
         probs = torch.softmax(logits.float(), 1)
-        proxies_u = probs - F.one_hot(self.y[uniq], self.C).float()  # §1.5
+        # Gradient proxies softmax(z) − onehot(y) (docs/methods/crest.md#crest-gradient-proxies).
+        proxies_u = probs - F.one_hot(self.y[uniq], self.C).float()
         losses_u = F.cross_entropy(logits.float(), self.y[uniq], reduction="none")
         if cfg.check_subsets and cfg.check_subsets < P:  # the check's R: the first k random subsets only
             part = members[: cfg.check_subsets * self.C]
@@ -308,7 +241,8 @@ class _Crest:
             if (epoch + 1) % cfg.drop_interval == 0:
                 self._drop_learned()
 
-        # Per-class facility location on every (subset, class) group at once (§1.6).
+        # Per-class facility location on every (subset, class) group at once
+        # (docs/methods/crest.md#crest-coreset-selection).
         G, k = members.shape
         feats = torch.zeros(G, k, self.C, device=self.device)
         vdev = valid.to(self.device)
@@ -321,7 +255,8 @@ class _Crest:
         idx = mdev.gather(1, sel.clamp_min(0))[ok]
         w = w[ok].clamp_min(1.0)  # zero weights are set to 1 in the reference (unreachable since s > 0)
         self.U = idx
-        self.Uw = w / w.sum() * len(w)  # §1.7: mean weight 1 over the union
+        # Mean weight 1 over the union (docs/methods/crest.md#crest-training-on-coresets).
+        self.Uw = w / w.sum() * len(w)
         self.counts.index_add_(0, idx, torch.ones_like(w))
         self._perm, self._pos = None, 0
 
@@ -332,7 +267,7 @@ class _Crest:
         self.kappas.append(kappa)
         if self.kappa0 is None:
             self.kappa0 = kappa
-        else:  # §1.9 (P cast to an integer: the reference's float P crashes range(P))
+        else:  # docs/methods/crest.md#crest-adaptive-interval; P is an integer (a float P crashes range(P))
             ratio = self.kappa0 / kappa if kappa > 0 else float(self.total)
             self.ci = max(1, min(self.total, math.ceil(ratio * cfg.interval_mul)))
             self.P = max(1, int(min(self.ci * cfg.batch_num_mul, self.spe)))
@@ -355,7 +290,8 @@ class _Crest:
             self.pools = new
 
     def _quadratic_model(self) -> float:
-        """One train-mode pass over U: g₀, H₀, L₀ and κ from the persistent Adahessian EMAs (§1.8)."""
+        """One train-mode pass over U: g₀, H₀, L₀ and κ from the persistent Adahessian EMAs
+        (docs/methods/crest.md#crest-quadratic-model)."""
         B = self.cfg.batch_size
         g0 = torch.zeros(self.numel, device=self.device)
         h0 = torch.zeros(self.numel, device=self.device)
@@ -392,7 +328,7 @@ class _Crest:
         self.opt.zero_grad(set_to_none=True)
         return kappa / nb
 
-    # --- check (§1.8) -----------------------------------------------------------------------------
+    # --- check (docs/methods/crest.md#crest-quadratic-model) --------------------------------------
     def check(self) -> bool:
         """True when the quadratic model's relative error on the random subsets exceeds τ."""
         self._sync()
@@ -409,7 +345,8 @@ class _Crest:
 
     # --- batches ----------------------------------------------------------------------------------
     def next_coreset_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shuffled batches of B from the coreset union, reshuffled when exhausted (§1.7)."""
+        """Shuffled batches of B from the coreset union, reshuffled when exhausted
+        (docs/methods/crest.md#crest-training-on-coresets)."""
         if self._perm is None or self._pos >= len(self.U):
             self._perm = torch.randperm(len(self.U), generator=self.gen).to(self.device)
             self._pos = 0
@@ -417,85 +354,124 @@ class _Crest:
         self._pos += self.cfg.batch_size
         return self.U[sl], self.Uw[sl]
 
-    # --- the run (§1.13) --------------------------------------------------------------------------
+    # --- the run (docs/methods/crest.md#crest-pseudocode) -----------------------------------------
     def run(self) -> dict:
-        cfg, B = self.cfg, self.cfg.batch_size
-        test = self.ctx.test
-        epoch_loss, epoch_acc, pool_size, epoch_test, check_hist, p_hist, sel_hist = [], [], [], [], [], [], []
-        reselections = 0
-        selections_before = 0  # selections made before the current epoch
-        full_perm = torch.randperm(self.n, generator=self.gen).to(self.device)  # epoch-0 batches (full data)
-        t0_sel = self.spe  # step of the last selection (first selection at the start of epoch 1)
-        self.model.train()
-        self._sync()
-        start = time.perf_counter()
-        tot_loss = torch.zeros((), device=self.device)
-        tot_correct = torch.zeros((), device=self.device)
-        seen = 0
-        lr = 0.0
-        bar = None
-        if self.ctx.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total, desc="crest", leave=False, unit="step")
+        """Spend the whole SGD-step budget (epoch 0 on full data, then the coresets) and return ``info``."""
+        self._start_run()
         for t in range(self.total):
             epoch = t // self.spe
             if t % self.spe == 0:
-                lr = lr_for_epoch(cfg, epoch)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-            if t == self.spe:
-                self.select(epoch)
-            elif t > t0_sel and (t - t0_sel) % self.ci == 0 and self.check():
-                t0_sel = t
-                reselections += 1
-                self.select(epoch)
-            if t < self.spe:
-                s = (t * B) % self.n
-                idx = full_perm[s:s + B]
-                w = torch.ones(len(idx), device=self.device)
-                if lr > 0:
-                    self.counts.index_add_(0, idx, w)
-            else:
-                idx, w = self.next_coreset_batch()
-            xb, yb = self.x[idx], self.y[idx]
-            if lr > 0:
+                self._set_epoch_lr(epoch)
+            self._select_or_check(t, epoch)
+            idx, w = self._step_batch(t)
+            self._train_step(t, idx, w)
+            if self._bar is not None:
+                self._bar.update(1)
+            if (t + 1) % self.spe == 0:  # end of a CREST epoch
+                self._end_epoch(epoch)
+        return self._result()
+
+    def _start_run(self) -> None:
+        """Per-run state: the epoch-0 full-data order, the step of the last selection, the curves, the running
+        loss/accuracy sums, the clock and the progress bar."""
+        self._curves: dict[str, list[float]] = {k: [] for k in (
+            "epoch_loss", "epoch_accuracy", "pool_size", "check_interval", "num_coresets", "epoch_selections")}
+        self._epoch_test: list[float] = []
+        self._reselections = 0
+        self._selections_before = 0  # selections made before the current epoch
+        self._full_perm = torch.randperm(self.n, generator=self.gen).to(self.device)  # epoch-0 batches (full data)
+        self._t0_sel = self.spe  # step of the last selection (first selection at the start of epoch 1)
+        self.model.train()
+        self._sync()
+        self._start = time.perf_counter()
+        self._tot_loss = torch.zeros((), device=self.device)
+        self._tot_correct = torch.zeros((), device=self.device)
+        self._seen = 0
+        self._lr = 0.0
+        self._bar = None
+        if self.ctx.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc="crest", leave=False, unit="step")
+
+    def _set_epoch_lr(self, epoch: int) -> None:
+        """The schedule's LR for this CREST epoch, set on the optimiser."""
+        self._lr = lr_for_epoch(self.cfg, epoch)
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr
+
+    def _select_or_check(self, t: int, epoch: int) -> None:
+        """The first selection at the start of epoch 1; afterwards, every ``ci`` steps since the last selection,
+        the quadratic-model check, which re-selects at this same step when the model's error exceeds τ."""
+        if t == self.spe:
+            self.select(epoch)
+        elif t > self._t0_sel and (t - self._t0_sel) % self.ci == 0 and self.check():
+            self._t0_sel = t
+            self._reselections += 1
+            self.select(epoch)
+
+    def _step_batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``t``'s examples and weights: in epoch 0 the next full-data mini-batch with unit weights
+        (counted as trained on when LR > 0), afterwards the next batch of the coreset union."""
+        if t < self.spe:
+            B = self.cfg.batch_size
+            s = (t * B) % self.n
+            idx = self._full_perm[s:s + B]
+            w = torch.ones(len(idx), device=self.device)
+            if self._lr > 0:
+                self.counts.index_add_(0, idx, w)
+            return idx, w
+        return self.next_coreset_batch()
+
+    def _train_step(self, t: int, idx: torch.Tensor, w: torch.Tensor) -> None:
+        """One SGD step on the weighted mini-batch (δ moves with it after epoch 0), or at LR 0 the forward pass
+        only; adds the batch to the epoch's running loss and accuracy."""
+        xb, yb = self.x[idx], self.y[idx]
+        lr = self._lr
+        if lr > 0:
+            out = self.model(xb)
+            loss = (F.cross_entropy(out, yb, reduction="none") * w).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # δ ← δ − lr·∇L_batch, before the update (docs/methods/crest.md#crest-quadratic-model).
+            if t >= self.spe:
+                g = _flat([p.grad for p in self.params], self.params)
+                self.delta.add_(g, alpha=-lr)
+            self.opt.step()
+        else:  # LR 0: no weight changes; the forward pass keeps batch-norm statistics as in the reference
+            with torch.no_grad():
                 out = self.model(xb)
                 loss = (F.cross_entropy(out, yb, reduction="none") * w).mean()
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t >= self.spe:  # δ ← δ − lr·∇L_batch, before the update (§1.8)
-                    g = _flat([p.grad for p in self.params], self.params)
-                    self.delta.add_(g, alpha=-lr)
-                self.opt.step()
-            else:  # LR 0: no weight changes; the forward pass keeps batch-norm statistics as in the reference
-                with torch.no_grad():
-                    out = self.model(xb)
-                    loss = (F.cross_entropy(out, yb, reduction="none") * w).mean()
-            tot_loss += loss.detach() * len(idx)
-            tot_correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(idx)
-            if bar is not None:
-                bar.update(1)
-            if (t + 1) % self.spe == 0:  # end of a CREST epoch
-                epoch_loss.append(float(tot_loss) / seen)
-                epoch_acc.append(float(tot_correct) / seen)
-                pool_size.append(float(sum(len(p) for p in self.pools)))
-                check_hist.append(float(self.ci))
-                p_hist.append(float(self.P))
-                sel_hist.append(float(self.selections - selections_before))
-                selections_before = self.selections
-                tot_loss.zero_()
-                tot_correct.zero_()
-                seen = 0
-                if test is not None and cfg.test_every and (epoch + 1) % cfg.test_every == 0:
-                    pause = time.perf_counter()
-                    epoch_test.append(accuracy(self.model, test, self.device))
-                    start += time.perf_counter() - pause  # test evaluation is not training time
-        if bar is not None:
-            bar.close()
+        self._tot_loss += loss.detach() * len(idx)
+        self._tot_correct += (out.detach().argmax(1) == yb).sum()
+        self._seen += len(idx)
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Record the epoch's curves, reset the running sums and, every ``test_every`` epochs, test the model
+        (the test time is not counted as training time)."""
+        c = self._curves
+        c["epoch_loss"].append(float(self._tot_loss) / self._seen)
+        c["epoch_accuracy"].append(float(self._tot_correct) / self._seen)
+        c["pool_size"].append(float(sum(len(p) for p in self.pools)))
+        c["check_interval"].append(float(self.ci))
+        c["num_coresets"].append(float(self.P))
+        c["epoch_selections"].append(float(self.selections - self._selections_before))
+        self._selections_before = self.selections
+        self._tot_loss.zero_()
+        self._tot_correct.zero_()
+        self._seen = 0
+        test = self.ctx.test
+        if test is not None and self.cfg.test_every and (epoch + 1) % self.cfg.test_every == 0:
+            pause = time.perf_counter()
+            self._epoch_test.append(accuracy(self.model, test, self.device))
+            self._start += time.perf_counter() - pause  # test evaluation is not training time
+
+    def _result(self) -> dict:
+        """Stop the clock and build ``info``: timings, step and selection counts, curves, final test accuracy."""
+        if self._bar is not None:
+            self._bar.close()
         self._sync()
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - self._start
         info = {
             "train_seconds": train_seconds,
             "selection_seconds": self.selection_seconds + self.check_seconds,
@@ -503,38 +479,36 @@ class _Crest:
             "steps": float(self.total),
             "steps_per_epoch": float(self.spe),
             "selections": float(self.selections),
-            "reselections": float(reselections),
+            "reselections": float(self._reselections),
             "dropped": float(self.dropped),
-            "epoch_loss": epoch_loss,
-            "epoch_accuracy": epoch_acc,
-            "pool_size": pool_size,
-            "check_interval": check_hist,
-            "num_coresets": p_hist,
-            "epoch_selections": sel_hist,
+            **self._curves,
             "check_error": self.check_errors,
             "kappa": self.kappas,
         }
-        if epoch_test:
-            info["epoch_test_accuracy"] = epoch_test
+        if self._epoch_test:
+            info["epoch_test_accuracy"] = self._epoch_test
+        test = self.ctx.test
         if test is not None:
             if (test.channels, test.image_size) != (self.ds.channels, self.ds.image_size):
                 raise SmallsetError("The test split's image shape differs from the training set's.")
             info["test_accuracy"] = accuracy(self.model, test, self.device)
         return info
 
-
 @register_selector("crest")
 class CrestSelector(Selector):
-    """Train on weighted mini-batch coresets within fraction × the full run's SGD steps (CREST, spec §1).
+    """Train on weighted mini-batch coresets within fraction × the full run's SGD steps (CREST).
 
     Returns the examples it trained on, weighted by how often they were selected; ``info`` holds the trained
-    model's test accuracy and the training curves. See the module docstring."""
+    model's test accuracy and the training curves. See docs/methods/crest.md."""
 
     config_cls = CrestConfig
+    demo = {"epochs": 10, "warmup_epochs": 1}
+    smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": "", "random_subset_size": 0.3,
+             "num_minibatch_coreset": 2, "drop_learned": False}
     higher_is_keep = None
     uses_model = True
 
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores=None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
         cfg = self.config
         validate_config(cfg)

@@ -1,18 +1,11 @@
-"""Example forgetting (Toneva et al., ICLR 2019), scored the DeepCore way (pruning-methods.md §2).
+"""Example forgetting (Toneva et al., ICLR 2019), scored the DeepCore way (Guo et al., 2022).
 
-Score (:meth:`ForgettingSelector.score`, spec §2.1, §2.2, §2.6): train a fresh ``ctx.model`` (initialised
-from ``ctx.seed``) on the full training set for ``score_epochs`` epochs with SGD (lr 0.1, momentum 0.9,
-Nesterov, weight decay 5e-4, constant lr, batch 128, no augmentation: DeepCore's pre-training, §2.6). At
-each presentation, the training forward pass itself (train mode, parameters before that batch's update)
-records whether the example is classified correctly. An example's count is the number of 1→0 transitions
-between consecutive presentations (:func:`forgetting_counts`). Examples never classified correctly get the
-number of presentations (Toneva, default) or 0 (DeepCore), option ``never_learned``. With ``score_runs``
-> 1 the counts of independently seeded runs are summed (Toneva's recipe uses 5 runs; DeepCore 1).
+Scoring trains a fresh model on the full data for a few epochs and counts, per example, the correct →
+incorrect transitions between consecutive presentations (never-learned examples get the number of
+presentations, or 0 the DeepCore way). Selection keeps the most forgotten examples, per class by default,
+with seeded random tie-breaking; weights are 1.
 
-Selection (:meth:`ForgettingSelector.select`, spec §2.6): keep the MOST forgotten examples
-(``higher_is_keep = True``), per class round(fraction·n_c) (``balance=True``, default) or the global top
-round(fraction·N). Ties, which are the rule after 10 epochs, are broken by a seeded random draw instead of
-DeepCore's arbitrary unstable argsort (documented deviation, as §2.6 recommends). Weights are 1.
+Rationale and the paper's recipe: docs/methods/forgetting.md.
 """
 from __future__ import annotations
 
@@ -26,15 +19,16 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
-from smallset.prune.features import check_scores, ranked_keep, seeded_model, sgd_epochs, top_per_class
+from smallset.prune._features import check_scores, ranked_keep, seeded_model, sgd_epochs, top_per_class
 
 
 def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "toneva") -> torch.Tensor:
     """Forgetting events per example from a T×N history of correctness flags (row k = k-th presentation).
 
     A forgetting event is a transition correct (1) at presentation k → incorrect (0) at presentation k+1
-    (spec §2.1); the first presentation can never be one. Examples that are never correct get T (the
-    number of presentations, ``never_learned="toneva"``) or 0 (``"deepcore"``). Returns int64 counts (N).
+    (docs/methods/forgetting.md#forgetting-definitions); the first presentation can never be one. Examples
+    that are never correct get T (the number of presentations, ``never_learned="toneva"``) or 0
+    (``"deepcore"``). Returns int64 counts (N).
     """
     h = torch.as_tensor(correct_history).bool()
     if h.ndim != 2:
@@ -50,28 +44,30 @@ def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "tonev
 
 @dataclass
 class ForgettingConfig:
-    score_epochs: int = field(default=10, metadata={
+    score_epochs: int = field(default=10, metadata={"prepare": True, 
         "help": "epochs (= presentations per example) of the scoring training run (DeepCore paper: 10)"})
-    score_runs: int = field(default=1, metadata={
+    score_runs: int = field(default=1, metadata={"prepare": True, 
         "help": "independently seeded scoring runs whose counts are summed (Toneva: 5, DeepCore: 1)"})
-    never_learned: Literal["toneva", "deepcore"] = field(default="toneva", metadata={
+    never_learned: Literal["toneva", "deepcore"] = field(default="toneva", metadata={"prepare": True, 
         "help": "count for never-correct examples: toneva = number of presentations, deepcore = 0"})
     balance: bool = field(default=True, metadata={
         "help": "keep round(fraction*n_c) per class (DeepCore default); off: the global top fraction"})
-    lr: float = field(default=0.1, metadata={"help": "SGD learning rate of the scoring run (constant)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (Nesterov) of the scoring run"})
-    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay of the scoring run"})
-    batch_size: int = field(default=128, metadata={"help": "mini-batch size of the scoring run"})
+    lr: float = field(default=0.1, metadata={"prepare": True, "help": "SGD learning rate of the scoring run (constant)"})
+    momentum: float = field(default=0.9, metadata={"prepare": True, "help": "SGD momentum (Nesterov) of the scoring run"})
+    weight_decay: float = field(default=5e-4, metadata={"prepare": True, "help": "SGD weight decay of the scoring run"})
+    batch_size: int = field(default=128, metadata={"prepare": True, "help": "mini-batch size of the scoring run"})
 
 
 @register_selector("forgetting")
 class ForgettingSelector(Selector):
-    """Keep the most forgotten examples (Toneva et al.; DeepCore variant, spec §2.6)."""
+    """Keep the most forgotten examples (Toneva et al.; DeepCore variant,
+    docs/methods/forgetting.md#forgetting-deepcore)."""
 
     config_cls = ForgettingConfig
+    demo = {"score_epochs": 3}
+    smoke = {"score_epochs": 2, "batch_size": 8}
     higher_is_keep = True  # most forgotten first
     uses_model = True
-    score_fields = ("score_epochs", "score_runs", "never_learned", "lr", "momentum", "weight_decay", "batch_size")
 
     def __init__(self, config: ForgettingConfig | None = None):
         super().__init__(config)
@@ -86,7 +82,7 @@ class ForgettingSelector(Selector):
         if c.batch_size < 1 or c.lr <= 0:
             raise SmallsetError("batch_size must be at least 1 and lr positive.")
 
-    def score(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         """Forgetting counts (float32, one per example), summed over ``score_runs`` runs."""
         self._check_config()
         c = self.config
@@ -105,7 +101,7 @@ class ForgettingSelector(Selector):
                        batch_size=c.batch_size, momentum=c.momentum, weight_decay=c.weight_decay,
                        nesterov=True, on_batch=record)
             if not torch.isfinite(next(model.parameters())).all():
-                raise SmallsetError("The scoring run diverged (NaN weights); lower --lr.")
+                raise SmallsetError("The scoring run diverged (NaN weights); lower lr.", option="lr")
             total += forgetting_counts(history.cpu(), c.never_learned)
             if run == 0:
                 train_acc = history.float().mean(1).cpu().tolist()
@@ -115,11 +111,12 @@ class ForgettingSelector(Selector):
         }
         return hist
 
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores=None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
         info: dict = {}
+        scores = prepared
         if scores is None:
-            scores = self.score(ds, ctx)
+            scores = self.prepare(ds, ctx)
             info.update(self.score_info)
         scores = check_scores(ds, scores).float().cpu()
         gen = ctx.generator(17)

@@ -1,41 +1,11 @@
-"""GEDA: Gradient-norm Empirical Distribution Approximation (GEDA thesis ch. 4; pruning-methods.md §3).
+"""GEDA: Gradient-norm Empirical Distribution Approximation (Cribeiro Ramallo, master's thesis, 2022).
 
-Score (:meth:`GEDASelector.score`, spec §3.1, §3.4): per-example gradient norms g_i = ‖∇_θ ℓ(x_i, y_i; θ₀)‖
-of a fresh ``ctx.model`` initialised from ``ctx.seed`` (θ₀: "the model at epoch 0", thesis §4.1),
-optionally after ``warmup_epochs`` epochs of SGD on the full data. The model is in eval mode (no
-batch-statistics coupling between examples). Two gradients (spec §3.4):
+Scores every example by its gradient norm at the initial model (last layer in closed form, or all
+parameters), then, per class, keeps the subset whose gradient-norm ECDF best matches the class's on N
+trapezoid nodes: an MILP, solved in its reduced per-cell form with PuLP/CBC, as the thesis's full
+problem, or in closed form; which examples fill each cell is chosen systematically or at random.
 
-- ``last_layer`` (default): the closed form for cross-entropy with a linear head,
-  ‖∇_W ℓ‖² + ‖∇_b ℓ‖² = ‖softmax(z) − e_y‖² · (‖h‖² + 1), h = ``model.embed(x)``; batched, no autograd.
-- ``full``: the norm over all parameters, per example, with ``torch.func.vmap(grad(...))`` in chunks.
-
-Selection (:meth:`GEDASelector.select`), per class with n examples and budget m = round(f·n) (from
-:func:`smallset.prune.base.class_budgets`): N = ``nodes`` trapezoid nodes t_1 < … < t_N, equally spaced on
-[min g, max g] (the thesis's reading) or at the quantiles of g; full-set ECDF values F_k = n_k/n with
-n_k = #{g ≤ t_k}; trapezoid weights w (spec §3.2). GEDA picks the subset minimising
-Σ_k w_k |G_k − F_k| (G = the subset's ECDF): a trapezoid approximation of ∫|F_S − F| dt. Solvers:
-
-- ``milp="reduced"`` (default, spec §3.3): one integer count y_j per cell C_j between consecutive nodes
-  (N+1 cells), since Σ_i 1{g_i ≤ t_k} x_i = y_0 + … + y_{k−1}; built with PuLP and solved by its bundled
-  CBC. All classes go into one MILP (they are independent, so its optimum is every class's optimum) so
-  the solver starts once.
-- ``milp="full"``: the thesis's original problem (P) with one binary per example (refused above
-  ``full_milp_max`` examples: it is slow and has the same optimum). The solver's choice of examples is
-  used as is (``fill`` is ignored), as in the thesis.
-- ``milp="closed_form"``: the optimum of §3.3 without a solver: A_k = ⌊m·n_k/n + ½⌋, y_j = A_{j+1} − A_j.
-
-The objective does not care which y_j examples of cell j are taken (§3.3); ``fill`` decides:
-``systematic`` (default, §3.4 (b): evenly spaced ranks of g inside the cell, deterministic) or ``random``
-(§3.4 (a): a seeded uniform draw inside the cell).
-
-Weights: the thesis defines none (its subsets are trained unweighted), so ``weighting="none"`` (all 1) is
-the default. ``weighting="cell"`` is our option: each example of cell j gets (s_j/n)/(y_j/m), which makes
-the weighted subset's ECDF equal the class's at every node.
-
-Deviation: the thesis applies the composite trapezoid rule with N intervals and drops the two end
-points (their terms vanish); we follow spec §3.2 (N nodes including both ends; the end terms are kept,
-the one at max g is always 0). Ties at a half-integer m·F_k are decided by CBC (reduced/full) or rounded
-up (closed form); all three reach the same objective value.
+Rationale and the paper's recipe: docs/methods/geda.md.
 """
 from __future__ import annotations
 
@@ -51,14 +21,15 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.prune.base import Selection, Selector, check_fraction, class_budgets, register_selector
-from smallset.prune.features import check_scores, class_positions, seeded_model, sgd_epochs
+from smallset.prune._features import check_scores, class_positions, seeded_model, sgd_epochs
+from smallset.prune._gradients import full_grad_norms, last_layer_grad_norms
 
 
 # --- the ECDF-matching problem (pure functions on 1-D tensors) ---------------------------------------------
 def ecdf_nodes(g_sorted: torch.Tensor, num_nodes: int, placement: str = "uniform") -> torch.Tensor:
     """N nodes (float64) from min to max of the sorted values: equally spaced, or at the quantiles."""
     if num_nodes < 2:
-        raise SmallsetError("GEDA needs at least 2 trapezoid nodes (--nodes).")
+        raise SmallsetError("nodes must be at least 2 (the trapezoid rule needs both ends).", option="nodes")
     g = g_sorted.double()
     lo, hi = g[0], g[-1]
     if placement == "uniform":
@@ -72,7 +43,8 @@ def ecdf_nodes(g_sorted: torch.Tensor, num_nodes: int, placement: str = "uniform
 
 
 def trapezoid_weights(t: torch.Tensor) -> torch.Tensor:
-    """w_1 = (t_2 − t_1)/2, w_k = (t_{k+1} − t_{k−1})/2, w_N = (t_N − t_{N−1})/2 (spec §3.2)."""
+    """w_1 = (t_2 − t_1)/2, w_k = (t_{k+1} − t_{k−1})/2, w_N = (t_N − t_{N−1})/2
+    (docs/methods/geda.md#geda-milp)."""
     gaps = torch.diff(t.double())
     w = torch.zeros_like(t, dtype=torch.float64)
     w[:-1] += gaps / 2
@@ -86,8 +58,8 @@ def node_counts(g_sorted: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def closed_form_counts(nk: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Optimal picks per cell (spec §3.3): A_k = ⌊m·n_k/n + ½⌋ (exact integer arithmetic), A_0 = 0,
-    A_{N+1} = m, y_j = A_{j+1} − A_j for the N+1 cells."""
+    """Optimal picks per cell (docs/methods/geda.md#geda-reduction): A_k = ⌊m·n_k/n + ½⌋ (exact integer
+    arithmetic), A_0 = 0, A_{N+1} = m, y_j = A_{j+1} − A_j for the N+1 cells."""
     a = torch.div(2 * m * nk.long() + n, 2 * n, rounding_mode="floor")
     a = torch.cat([torch.zeros(1, dtype=torch.long), a, torch.tensor([m])])
     return torch.diff(a)
@@ -162,7 +134,8 @@ def _scale(p: _ClassProblem) -> float:
 
 
 def solve_counts_milp(problems: list[_ClassProblem]) -> list[torch.Tensor]:
-    """The reduced MILP of spec §3.3 for every problem at once (PuLP + CBC); returns y per problem.
+    """The reduced MILP (docs/methods/geda.md#geda-reduction) for every problem at once (PuLP + CBC);
+    returns y per problem.
 
     Constraints are multiplied by m (deviations counted in examples, e_k ≥ |A_k − m·F_k|), which has the
     same optimum and keeps the coefficients integral apart from m·F_k.
@@ -243,54 +216,15 @@ def fill_cells(p: _ClassProblem, y: torch.Tensor, fill: str, generator: torch.Ge
     return torch.cat(ranks), torch.cat(cells)
 
 
-# --- gradient norms ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def last_layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
-                          ) -> torch.Tensor:
-    """‖∇_{W,b} CE‖ of the last linear layer per example: ‖softmax(z) − e_y‖ · sqrt(‖h‖² + 1)."""
-    if not isinstance(getattr(model, "classifier", None), nn.Linear):
-        raise SmallsetError("gradient='last_layer' needs a model whose classifier is one nn.Linear layer.")
-    model.eval()
-    out = []
-    for start in range(0, len(y), batch_size):
-        h = model.embed(x[start:start + batch_size]).flatten(1)
-        p = F.softmax(model.classifier(h), dim=1)
-        p[torch.arange(len(h), device=h.device), y[start:start + batch_size]] -= 1.0
-        out.append(torch.linalg.vector_norm(p, dim=1) * torch.sqrt((h * h).sum(1) + 1.0))
-    return torch.cat(out)
-
-
-def full_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """‖∇_θ CE‖ over all parameters per example, batched with ``torch.func.vmap(grad(...))``."""
-    from torch.func import functional_call, grad, vmap
-
-    model.eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    if chunk is None:  # bound the per-example gradient memory to ~2**26 floats
-        chunk = max(1, min(256, 2 ** 26 // max(1, sum(v.numel() for v in params.values()))))
-
-    def loss(p, b, xi, yi):
-        return F.cross_entropy(functional_call(model, (p, b), (xi.unsqueeze(0),)), yi.unsqueeze(0))
-
-    per_example = vmap(grad(loss), in_dims=(None, None, 0, 0))
-    out = []
-    for start in range(0, len(y), chunk):
-        grads = per_example(params, buffers, x[start:start + chunk], y[start:start + chunk])
-        sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
-        out.append(sq.sqrt().detach())
-    return torch.cat(out)
-
-
 # --- the selector -----------------------------------------------------------------------------------------
 @dataclass
 class GEDAConfig:
-    warmup_epochs: int = field(default=0, metadata={
+    warmup_epochs: int = field(default=0, metadata={"prepare": True, 
         "help": "SGD epochs on the full data before measuring gradient norms (0: the model at initialisation)"})
-    gradient: Literal["last_layer", "full"] = field(default="last_layer", metadata={
+    gradient: Literal["last_layer", "full"] = field(default="last_layer", metadata={"prepare": True, 
         "help": "last_layer: closed-form norm of the classifier's gradient; full: all parameters (vmap)"})
-    lr: float = field(default=0.01, metadata={"help": "SGD learning rate of the warm-up epochs"})
-    batch_size: int = field(default=128, metadata={"help": "mini-batch size of the warm-up epochs"})
+    lr: float = field(default=0.01, metadata={"prepare": True, "help": "SGD learning rate of the warm-up epochs"})
+    batch_size: int = field(default=128, metadata={"prepare": True, "help": "mini-batch size of the warm-up epochs"})
     nodes: int = field(default=5, metadata={"help": "trapezoid-rule nodes N on the gradient-norm axis (thesis: 5)"})
     node_placement: Literal["uniform", "quantile"] = field(default="uniform", metadata={
         "help": "nodes equally spaced on [min, max] of the class's norms, or at their quantiles"})
@@ -306,15 +240,14 @@ class GEDAConfig:
 
 @register_selector("geda")
 class GEDASelector(Selector):
-    """Match each class's gradient-norm ECDF with a MILP (GEDA thesis ch. 4; spec §3)."""
+    """Match each class's gradient-norm ECDF with a MILP (GEDA thesis ch. 4; docs/methods/geda.md)."""
 
     config_cls = GEDAConfig
     # GEDA keeps neither end of the ranking: it matches the distribution of the scores.
     higher_is_keep = None
     uses_model = True
-    score_fields = ("warmup_epochs", "gradient", "lr", "batch_size")
 
-    def score(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         """Per-example gradient norms at θ₀ (float32, CPU)."""
         c = self.config
         if c.warmup_epochs < 0:
@@ -332,7 +265,7 @@ class GEDASelector(Selector):
             g = full_grad_norms(model, x, y)
         return g.float().cpu()
 
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores=None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
         c = self.config
         if c.milp not in ("reduced", "full", "closed_form"):
@@ -346,7 +279,7 @@ class GEDASelector(Selector):
                 f"milp='full' needs one binary variable per example and {len(ds)} examples exceed "
                 f"full_milp_max={c.full_milp_max}; use milp='reduced', which has the same optimum."
             )
-        scores = check_scores(ds, self.score(ds, ctx) if scores is None else scores).cpu()
+        scores = check_scores(ds, self.prepare(ds, ctx) if prepared is None else prepared).cpu()
         t0 = time.perf_counter()
         budgets = class_budgets(ds.class_counts(), fraction)
         classes = [(idx, m) for idx, m in zip(class_positions(ds), budgets) if m > 0]
@@ -371,7 +304,7 @@ class GEDASelector(Selector):
                 y = counts[i]
                 ranks, cells = fill_cells(p, y, c.fill, gen)
             if int(y.sum()) != m or bool((y > s).any()) or bool((y < 0).any()):
-                raise SmallsetError("The GEDA solver returned an infeasible allocation; use --milp closed_form.")
+                raise SmallsetError("The GEDA solver returned an infeasible allocation; use milp=closed_form.", option="milp")
             keep.append(idx[p.order[ranks]])
             if c.weighting == "cell":
                 w_cell = (s.double() / p.n) / (y.double().clamp_min(1) / m)

@@ -1,19 +1,17 @@
-"""Herding on penultimate features, per class (condensation-methods.md §6; Welling 2009 as used by the
-dataset-condensation papers' coreset baselines).
+"""Herding on penultimate features, per class (Welling, ICML 2009), the coreset baseline of the
+dataset-condensation papers.
 
-Within each class, with μ the class mean feature and S the sum of the features selected so far, step i
-(0-based) takes the unselected example closest (Euclidean) to (i+1)·μ − S, so the running mean of the
-selection tracks μ. Features are ``ctx.model.embed(x)`` of a seeded random or briefly trained model
-(:class:`prune.features.FeatureSelector`); ``score`` returns them (N×D), ``select`` runs the greedy loop
-(one batched distance computation per step, float32) and keeps the first round(fraction·n_c) per class.
-Weights are 1. ``info["herding_mean_error"]``: ‖mean(selected) − μ‖, averaged over classes.
+Each step takes the unselected example closest to (i+1)·μ − (sum of the selected features), so the running
+mean of the selection tracks the class mean μ; the first round(fraction·n_c) picks are kept, weights 1.
+
+Rationale and the paper's recipe: docs/methods/herding.md.
 """
 from __future__ import annotations
 
 import torch
 
 from smallset.prune.base import register_selector
-from smallset.prune.features import FeatureConfig, FeatureSelector
+from smallset.prune._features import FeatureConfig, FeatureSelector
 
 
 def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:

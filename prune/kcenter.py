@@ -1,20 +1,17 @@
-"""K-center greedy on penultimate features, per class (condensation-methods.md §6; Sener & Savarese 2018
-as used by the dataset-condensation papers' coreset baselines).
+"""K-center greedy on penultimate features, per class (Sener & Savarese, ICLR 2018), the coreset baseline
+of the dataset-condensation papers.
 
-Within each class: start with the example nearest (Euclidean) to the class mean feature, then repeatedly
-add the example whose distance to its nearest selected centre is largest (farthest-point traversal).
-Features are ``ctx.model.embed(x)`` of a seeded random or briefly trained model
-(:class:`prune.features.FeatureSelector`); ``score`` returns them (N×D), ``select`` runs the greedy loop
-(one batched distance update per step, float32) and keeps the first round(fraction·n_c) per class.
-Weights are 1. ``info["kcenter_radius"]``: the largest distance from a class example to its nearest
-selected centre (the k-center objective), averaged over classes.
+Starts from the example nearest the class mean feature, then repeatedly adds the example farthest from its
+nearest selected centre; the first round(fraction·n_c) picks are kept, weights 1.
+
+Rationale and the paper's recipe: docs/methods/kcenter.md.
 """
 from __future__ import annotations
 
 import torch
 
 from smallset.prune.base import register_selector
-from smallset.prune.features import FeatureConfig, FeatureSelector
+from smallset.prune._features import FeatureConfig, FeatureSelector
 
 
 def kcenter_order(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:

@@ -3,6 +3,8 @@
 Per class, round(fraction × class size) examples (remainder placed deterministically, see
 :func:`smallset.prune.base.class_budgets`), drawn uniformly without replacement with a seeded generator.
 All weights are 1.
+
+Rationale: docs/methods/random.md.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from smallset.prune.base import Selection, Selector, class_budgets, register_sel
 
 @register_selector("random")
 class RandomSelector(Selector):
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores=None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         gen = ctx.generator()
         budgets = class_budgets(ds.class_counts(), fraction)
         keep = []

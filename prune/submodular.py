@@ -1,17 +1,11 @@
-"""Greedy facility location in torch, batched over many small ground sets (pruning-methods.md §1.6).
+"""Greedy facility location in torch, batched over many small ground sets (CREST's coreset step).
 
-CREST picks each mini-batch coreset by maximising the facility-location function
+Maximises F(S) = Σ_{i∈V} max_{j∈S} s_ij greedily up to a budget on a padded batch of ground sets, with
+s_ij = exp(−‖g_i − g_j‖₂ / d) (submodlib's dense "euclidean" kernel); ties go to the lowest index, and each
+selected point is weighted by its cluster size.
 
-    F(S) = Σ_{i∈V} max_{j∈S} s_ij,      s_ij = exp(−‖g_i − g_j‖₂ / d)
-
-greedily up to a budget k, on each class of each random subset. The reference code calls submodlib's
-``LazyGreedy`` with the dense "euclidean" kernel (distance not squared, d = feature dimension); lazy greedy
-returns the same set as plain greedy up to tie-breaking, and the ground sets are tiny (≤ a few hundred
-points), so a plain greedy over a padded batch of ground sets is both simpler and faster here.
-
-Ties are broken towards the lowest index (``torch.argmax`` returns the first maximum), so the result is
-deterministic. Each selected point's weight is the size of its cluster: the number of ground-set points
-whose most similar selected point it is (§1.6 step 4; a selected point matches itself since s_jj = 1).
+Rationale and the paper's recipe: docs/methods/crest.md#facility-location and
+docs/methods/crest.md#crest-coreset-selection.
 """
 from __future__ import annotations
 

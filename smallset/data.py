@@ -231,15 +231,13 @@ def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> Image
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from smallset import store
-
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
-    smallset_meta = store.read_metadata_from_schema(table.schema)
+    smallset_meta = read_metadata_from_schema(table.schema)
     if smallset_meta is not None:
-        return store.table_to_dataset(table, smallset_meta, path=path, name=spec)
+        return table_to_dataset(table, smallset_meta, path=path, name=spec)
     cols = set(table.column_names)
     if "image" not in cols or "label" not in cols:
         raise SmallsetError(
@@ -275,6 +273,61 @@ def _class_names_from_hf(schema, n_from_labels: int) -> list[str]:
         except (KeyError, TypeError, ValueError):
             pass
     return [str(i) for i in range(n_from_labels)]
+
+
+# The read side of the reduced-dataset format (docs/FORMAT.md; smallset.store writes it and re-exports
+# these): a parquet: source may be a reduced file, so data reads the format without importing store.
+SMALLSET_KEY = b"smallset"
+
+
+def read_metadata_from_schema(schema) -> dict | None:
+    raw = (schema.metadata or {}).get(SMALLSET_KEY)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise SmallsetError("The smallset metadata of this Parquet file is not valid JSON.") from None
+
+
+def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -> ImageDataset:
+    """Rebuild the in-memory dataset exactly as it was written."""
+    missing = {"image", "label", "weight", "source_index", "pixels"} - set(table.column_names)
+    if missing:
+        raise SmallsetError(f"{path} is a smallset file missing the columns {sorted(missing)}; it is damaged.")
+    n = table.num_rows
+    shape = meta.get("shape")
+    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    blobs = table.column("image").combine_chunks().field("bytes").to_pylist()
+    pixels = table.column("pixels").to_pylist()
+    src_raw = table.column("source_index").to_pylist()
+    images = torch.empty((n, *shape), dtype=torch.float32) if n else torch.empty((0, *shape))
+    need_decode = [i for i in range(n) if pixels[i] is None]
+    if need_decode:
+        decoded = decode_images([blobs[i] for i in need_decode], what=str(path))
+        if tuple(decoded.shape[1:]) != tuple(shape):
+            raise SmallsetError(f"{path}: decoded images have shape {tuple(decoded.shape[1:])}, metadata says {shape}.")
+        images[need_decode] = decoded
+    for i in range(n):
+        if pixels[i] is not None:
+            images[i] = torch.tensor(pixels[i], dtype=torch.float32).reshape(shape)
+    weights = torch.from_numpy(table.column("weight").to_numpy().astype(np.float32, copy=True))
+    source_index = torch.tensor([-1 if v is None else v for v in src_raw], dtype=torch.int64)
+    classes = meta.get("classes") or _class_names_from_hf(table.schema, int(labels.max()) + 1)
+    # Only real rows keep their source bytes; synthetic rows get a fresh PNG preview on rewrite.
+    encoded = [b if s is not None and p is None else None for b, s, p in zip(blobs, src_raw, pixels)]
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        classes=list(classes),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        weights=weights,
+        source_index=source_index,
+        encoded=encoded if all(e is not None for e in encoded) else None,
+        name=name or f"parquet:{path}",
+        meta=meta,
+    )
 
 
 @SOURCES.register("parquet")

@@ -66,7 +66,8 @@ def model_names() -> list[str]:
 
 def _norm(kind: str, c: int) -> nn.Module:
     norms = {
-        # Instance norm as in the papers: GroupNorm with one group per channel, affine (§1.3).
+        # Instance norm as in the papers: GroupNorm with one group per channel, affine
+        # (docs/methods/dc.md#convnet).
         "instancenorm": lambda: nn.GroupNorm(c, c, affine=True),
         "batchnorm": lambda: nn.BatchNorm2d(c),
         "layernorm": lambda: nn.GroupNorm(1, c, affine=True),
@@ -79,7 +80,7 @@ def _norm(kind: str, c: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """ConvNet-D of DC/DSA/DM/CAFE (condensation-methods.md §1.3).
+    """ConvNet-D of DC/DSA/DM/CAFE (docs/methods/dc.md#convnet).
 
     Per block: Conv3×3(width) → norm → ReLU → AvgPool2×2; then flatten → Linear. With a 1-channel 28×28
     input the first conv pads by 3 so the map is 32×32 and the feature size matches the 3-channel case
@@ -109,7 +110,8 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Activations used by CAFE (§5.1): each block after ReLU (before pooling), then the last pooled map."""
+        """Activations used by CAFE (docs/methods/cafe.md#cafe-features): each block after ReLU (before
+        pooling), then the last pooled map."""
         outs = []
         for block in self.blocks:
             x = block(x)
@@ -216,7 +218,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SmallsetError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto.")
+        raise SmallsetError("device cuda was asked for, but no CUDA GPU is available; use device cpu or auto.", option="device")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise SmallsetError(f"Unknown device {device!r}; use auto, cpu or cuda.")
     return torch.device(device)

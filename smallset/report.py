@@ -11,6 +11,12 @@ For a compare (an MLflow parent run) it gathers the child runs and renders:
 
 Figures are PNGs, embedded as data URIs in the HTML (one file to mail or open anywhere) and written
 beside the Markdown file.
+
+One function per step: ``collect`` (``child_runs`` → ``run_row`` → ``sort_rows``) gathers the rows;
+``figures`` assembles ``accuracy_vs_images``, ``accuracy_vs_seconds`` (with ``pareto_front``),
+``per_class_counts`` (from ``class_counts``), ``score_histogram`` (from ``run_scores``) and ``image_grid``;
+``table_rows`` builds the table; ``write_markdown`` and ``write_html`` (``markdown``, ``html_page``) write
+the files; ``render`` runs them all.
 """
 from __future__ import annotations
 
@@ -42,8 +48,8 @@ def latest_compare_run() -> str:
     return runs[0].info.run_id
 
 
-def collect(parent_run_id: str) -> tuple[list[dict], list[str]]:
-    """Rows (one per child run) and the evaluation models seen, in order."""
+def child_runs(parent_run_id: str) -> list:
+    """The MLflow child runs of a compare's parent run (one per cell)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -52,35 +58,64 @@ def collect(parent_run_id: str) -> tuple[list[dict], list[str]]:
         parent = client.get_run(parent_run_id)
     except MlflowException:
         raise SmallsetError(f"No MLflow run {parent_run_id} in {tracking.tracking_uri()}.") from None
-    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=5000)
-    rows, models = [], []
-    for r in kids:
-        m, p, t = r.data.metrics, r.data.params, r.data.tags
-        evals = [x for x in p.get("eval_models", p.get("model", "")).split(",") if x] or [p.get("model", "?")]
-        acc = {}
-        for i, name in enumerate(evals):
-            key = f"test_accuracy/{name}" if f"test_accuracy/{name}" in m else ("test_accuracy" if i == 0 else None)
-            if key and key in m:
-                std_key = key.replace("test_accuracy", "test_accuracy_std")
-                acc[name] = (m[key], m.get(std_key, 0.0))
-            if name not in models:
-                models.append(name)
-        kind = t.get("kind", "?")
-        budget = (f"ipc={p.get('ipc')}" if kind == "distill" else
-                  f"fraction={float(p['fraction']):g}" if p.get("fraction") not in (None, "None") else "fraction=1")
-        sel = m.get("selection_seconds", 0.0)
-        per_model = [v for k, v in m.items() if k.startswith("eval_train_seconds/")]
-        train = sum(per_model) if per_model else m.get("eval_train_seconds", 0.0)
-        rows.append({
-            "run_id": r.info.run_id, "method": t.get("method", p.get("method", "?")), "kind": kind, "budget": budget,
-            "seed": p.get("seed"), "n_examples": int(m.get("n_examples", 0)), "accuracy": acc,
-            "selection_seconds": sel, "train_seconds": train, "total_seconds": sel + train,
-            "output": t.get("smallset.output"),
-        })
+
+
+def eval_models(params: dict) -> list[str]:
+    """The evaluation models of a run, in order (the training model when none was listed)."""
+    return [x for x in params.get("eval_models", params.get("model", "")).split(",") if x] or \
+        [params.get("model", "?")]
+
+
+def accuracies(metrics: dict, models: list[str]) -> dict[str, tuple[float, float]]:
+    """Test accuracy (mean, std) per evaluation model; the plain ``test_accuracy`` counts for the first one."""
+    acc = {}
+    for i, name in enumerate(models):
+        key = f"test_accuracy/{name}" if f"test_accuracy/{name}" in metrics else ("test_accuracy" if i == 0 else None)
+        if key and key in metrics:
+            std_key = key.replace("test_accuracy", "test_accuracy_std")
+            acc[name] = (metrics[key], metrics.get(std_key, 0.0))
+    return acc
+
+
+def budget_label(kind: str, params: dict) -> str:
+    return (f"ipc={params.get('ipc')}" if kind == "distill" else
+            f"fraction={float(params['fraction']):g}" if params.get("fraction") not in (None, "None") else "fraction=1")
+
+
+def run_row(run) -> dict:
+    """One report row from one child run."""
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    kind = t.get("kind", "?")
+    sel = m.get("selection_seconds", 0.0)
+    per_model = [v for k, v in m.items() if k.startswith("eval_train_seconds/")]
+    train = sum(per_model) if per_model else m.get("eval_train_seconds", 0.0)
+    return {
+        "run_id": run.info.run_id, "method": t.get("method", p.get("method", "?")), "kind": kind,
+        "budget": budget_label(kind, p), "seed": p.get("seed"), "n_examples": int(m.get("n_examples", 0)),
+        "accuracy": accuracies(m, eval_models(p)),
+        "selection_seconds": sel, "train_seconds": train, "total_seconds": sel + train,
+        "output": t.get("smallset.output"),
+    }
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """Full data first, then pruned, then distilled sets; by method, size and seed within each (in place)."""
     kind_order = {"full": 0, "prune": 1, "distill": 2}
     rows.sort(key=lambda r: (kind_order.get(r["kind"], 3), r["method"], r["n_examples"], str(r["seed"])))
-    return rows, models
+    return rows
+
+
+def collect(parent_run_id: str) -> tuple[list[dict], list[str]]:
+    """Rows (one per child run) and the evaluation models seen, in order."""
+    rows, models = [], []
+    for run in child_runs(parent_run_id):
+        rows.append(run_row(run))
+        for name in eval_models(run.data.params):
+            if name not in models:
+                models.append(name)
+    return sort_rows(rows), models
 
 
 # --- figures -------------------------------------------------------------------------------------------
@@ -111,90 +146,145 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def figures(rows: list[dict], models: list[str]) -> dict[str, bytes]:
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figs: dict[str, bytes] = {}
+    return plt
+
+
+def scored_rows(rows: list[dict], models: list[str]) -> list[tuple[dict, tuple[float, float]]]:
+    """(row, (accuracy, std) on the first evaluation model it has) for the rows with an accuracy."""
     scored = [(r, _primary(r, models)) for r in rows]
-    scored = [(r, a) for r, a in scored if a is not None]
-    if scored:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for kind, marker in (("prune", "o"), ("distill", "s")):
-            for method in sorted({r["method"] for r, _ in scored if r["kind"] == kind}):
-                # one point per budget: the mean over seeds, error bar the spread over seeds (or the
-                # evaluation std when there is one seed)
-                by_n: dict[int, list] = {}
-                for r, a in scored:
-                    if r["method"] == method and r["kind"] == kind:
-                        by_n.setdefault(r["n_examples"], []).append(a)
-                xs = sorted(by_n)
-                ys = [100 * float(np.mean([a[0] for a in by_n[n]])) for n in xs]
-                es = [100 * (float(np.std([a[0] for a in by_n[n]])) if len(by_n[n]) > 1 else by_n[n][0][1])
-                      for n in xs]
-                ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle="-" if kind == "prune" else "--", capsize=3,
-                            label=f"{method} ({kind})")
-        for r, a in scored:
-            if r["kind"] == "full":
-                ax.axhline(100 * a[0], color="k", linestyle=":", label=f"full data ({r['n_examples']} images)")
-                break
-        ax.set_xscale("log")
-        ax.set_xlabel("images kept")
-        ax.set_ylabel(f"test accuracy % ({models[0] if models else ''})")
-        ax.set_title("Accuracy against images kept")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        figs["accuracy_vs_images.png"] = _png(fig)
+    return [(r, a) for r, a in scored if a is not None]
 
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        pts = [(max(r["total_seconds"], 1e-3), 100 * a[0]) for r, a in scored]
-        for (r, _), (x, y) in zip(scored, pts):
-            ax.scatter(x, y, marker={"prune": "o", "distill": "s"}.get(r["kind"], "*"), s=40)
-            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r-", alpha=0.6, label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel("total compute seconds (selection or distillation + evaluation training)")
-        ax.set_ylabel("test accuracy %")
-        ax.set_title("Accuracy against compute")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        figs["accuracy_vs_seconds.png"] = _png(fig)
 
+def accuracy_vs_images(scored: list[tuple[dict, tuple[float, float]]], models: list[str]) -> bytes:
+    """Accuracy against images kept (log scale): a line per method and kind, full data as a horizontal line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for kind, marker in (("prune", "o"), ("distill", "s")):
+        for method in sorted({r["method"] for r, _ in scored if r["kind"] == kind}):
+            # one point per budget: the mean over seeds, error bar the spread over seeds (or the
+            # evaluation std when there is one seed)
+            by_n: dict[int, list] = {}
+            for r, a in scored:
+                if r["method"] == method and r["kind"] == kind:
+                    by_n.setdefault(r["n_examples"], []).append(a)
+            xs = sorted(by_n)
+            ys = [100 * float(np.mean([a[0] for a in by_n[n]])) for n in xs]
+            es = [100 * (float(np.std([a[0] for a in by_n[n]])) if len(by_n[n]) > 1 else by_n[n][0][1])
+                  for n in xs]
+            ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle="-" if kind == "prune" else "--", capsize=3,
+                        label=f"{method} ({kind})")
+    for r, a in scored:
+        if r["kind"] == "full":
+            ax.axhline(100 * a[0], color="k", linestyle=":", label=f"full data ({r['n_examples']} images)")
+            break
+    ax.set_xscale("log")
+    ax.set_xlabel("images kept")
+    ax.set_ylabel(f"test accuracy % ({models[0] if models else ''})")
+    ax.set_title("Accuracy against images kept")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def accuracy_vs_seconds(scored: list[tuple[dict, tuple[float, float]]]) -> bytes:
+    """Accuracy against total compute seconds (log scale), every run a point, with the Pareto front."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pts = [(max(r["total_seconds"], 1e-3), 100 * a[0]) for r, a in scored]
+    for (r, _), (x, y) in zip(scored, pts):
+        ax.scatter(x, y, marker={"prune": "o", "distill": "s"}.get(r["kind"], "*"), s=40)
+        ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r-", alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("total compute seconds (selection or distillation + evaluation training)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("Accuracy against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def class_counts(rows: list[dict]) -> list[tuple[str, np.ndarray]]:
+    """(label, images per class) for every row whose reduced set is on disk."""
     counts = []
     for r in rows:
         labels = _labels(r.get("output"))
         if labels is not None:
             counts.append((f"{r['method']} {r['budget']} s{r['seed']}", np.bincount(labels)))
-    if counts:
-        n_classes = max(len(c) for _, c in counts)
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(counts) + 1.5))
-        left = np.zeros(len(counts))
-        cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
-        for k in range(n_classes):
-            vals = np.array([c[k] if k < len(c) else 0 for _, c in counts])
-            ax.barh(range(len(counts)), vals, left=left, color=cmap(k % cmap.N), label=str(k))
-            left += vals
-        ax.set_yticks(range(len(counts)), [n for n, _ in counts], fontsize=7)
-        ax.set_xlabel("images per class (stacked)")
-        ax.set_title("Per-class counts")
-        ax.legend(fontsize=6, ncol=min(n_classes, 10), loc="lower right")
-        figs["per_class_counts.png"] = _png(fig)
+    return counts
 
+
+def per_class_counts(counts: list[tuple[str, np.ndarray]]) -> bytes:
+    """Stacked horizontal bars: images per class of every reduced set."""
+    plt = _pyplot()
+    n_classes = max(len(c) for _, c in counts)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(counts) + 1.5))
+    left = np.zeros(len(counts))
+    cmap = plt.get_cmap("tab10" if n_classes <= 10 else "tab20")
+    for k in range(n_classes):
+        vals = np.array([c[k] if k < len(c) else 0 for _, c in counts])
+        ax.barh(range(len(counts)), vals, left=left, color=cmap(k % cmap.N), label=str(k))
+        left += vals
+    ax.set_yticks(range(len(counts)), [n for n, _ in counts], fontsize=7)
+    ax.set_xlabel("images per class (stacked)")
+    ax.set_title("Per-class counts")
+    ax.legend(fontsize=6, ncol=min(n_classes, 10), loc="lower right")
+    return _png(fig)
+
+
+def run_scores(row: dict) -> np.ndarray | None:
+    """The per-example scores a ranking selector logged for a pruned set (``scores/scores.npy``), if 1-D."""
+    scores = _artifact_array(row["run_id"], "scores/scores.npy")
+    return scores if scores is not None and scores.ndim == 1 else None
+
+
+def score_histogram(scores: np.ndarray, method: str, seed) -> bytes:
+    """Histogram of a ranking selector's scores."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(scores, bins=40, color="tab:blue")
+    ax.set_title(f"{method}: score histogram (seed {seed})")
+    ax.set_xlabel("score")
+    return _png(fig)
+
+
+def image_grid(row: dict) -> bytes | None:
+    """The grid of synthetic images a distillation run logged (``grid.png``), as it is."""
+    return _artifact_bytes(row["run_id"], "grid.png")
+
+
+def figures(rows: list[dict], models: list[str]) -> dict[str, bytes]:
+    """Every figure of the report, by file name, in the order the report shows them: accuracy against images
+    and against compute, per-class counts, then per run a score histogram (the first pruned run of each ranking
+    selector) or a synthetic image grid (the first distilled run of each method and budget)."""
+    _pyplot()
+    figs: dict[str, bytes] = {}
+    scored = scored_rows(rows, models)
+    if scored:
+        figs["accuracy_vs_images.png"] = accuracy_vs_images(scored, models)
+        figs["accuracy_vs_seconds.png"] = accuracy_vs_seconds(scored)
+    counts = class_counts(rows)
+    if counts:
+        figs["per_class_counts.png"] = per_class_counts(counts)
     for r in rows:
-        scores = _artifact_array(r["run_id"], "scores/scores.npy") if r["kind"] == "prune" else None
-        if scores is not None and scores.ndim == 1 and f"scores_{r['method']}.png" not in figs:
-            fig, ax = plt.subplots(figsize=(5, 3))
-            ax.hist(scores, bins=40, color="tab:blue")
-            ax.set_title(f"{r['method']}: score histogram (seed {r['seed']})")
-            ax.set_xlabel("score")
-            figs[f"scores_{r['method']}.png"] = _png(fig)
-        if r["kind"] == "distill" and f"grid_{r['method']}_{r['budget']}.png" not in figs:
-            grid = _artifact_bytes(r["run_id"], "grid.png")
+        name = f"scores_{r['method']}.png"
+        if r["kind"] == "prune" and name not in figs:
+            scores = run_scores(r)
+            if scores is not None:
+                figs[name] = score_histogram(scores, r["method"], r["seed"])
+        name = f"grid_{r['method']}_{r['budget']}.png"
+        if r["kind"] == "distill" and name not in figs:
+            grid = image_grid(r)
             if grid is not None:
-                figs[f"grid_{r['method']}_{r['budget']}.png"] = grid
+                figs[name] = grid
     return figs
 
 
@@ -237,6 +327,51 @@ def table_rows(rows: list[dict], models: list[str]) -> tuple[list[str], list[lis
     return head, body
 
 
+def report_title(parent_run_id: str) -> str:
+    return f"smallset comparison (MLflow run {parent_run_id[:8]})"
+
+
+def markdown(title: str, head: list[str], body: list[list[str]], figure_names: list[str]) -> str:
+    """The Markdown summary: the table, then the figures as images beside it."""
+    md = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(b) + " |" for b in body]
+    md.append("")
+    md += [f"![{name}]({name})" for name in figure_names]
+    return "\n".join(md) + "\n"
+
+
+def write_markdown(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> Path:
+    """Write the figures' PNGs and report.md into ``out``; returns the Markdown file's path."""
+    for name, png in figs.items():
+        (out / name).write_bytes(png)
+    md_path = out / "report.md"
+    md_path.write_text(markdown(title, head, body, list(figs)))
+    return md_path
+
+
+def html_page(title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> str:
+    """One self-contained HTML page: the table and the figures embedded as data URIs."""
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in b) + "</tr>" for b in body)
+    imgs = "".join(
+        f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
+        f"<figcaption>{html.escape(n[:-4].replace('_', ' '))}</figcaption></figure>" for n, p in figs.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:14px}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+th{{background:#f0f0f0}}figure{{display:inline-block;margin:1em}}img{{max-width:640px}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table id="results"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>
+<tbody>{cells}</tbody></table>
+<h2>Figures</h2><div id="figures">{imgs}</div></body></html>"""
+
+
+def write_html(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> Path:
+    """Write report.html into ``out``; returns its path."""
+    html_path = out / "report.html"
+    html_path.write_text(html_page(title, head, body, figs))
+    return html_path
+
+
 def render(parent_run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
     """Write report.html and report.md (with its PNGs) into ``out_dir``; returns both paths."""
     rows, models = collect(parent_run_id)
@@ -246,29 +381,7 @@ def render(parent_run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     head, body = table_rows(rows, models)
-    title = f"smallset comparison (MLflow run {parent_run_id[:8]})"
-
-    md = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(b) + " |" for b in body]
-    md.append("")
-    for name, png in figs.items():
-        (out / name).write_bytes(png)
-        md.append(f"![{name}]({name})")
-    md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
-
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in b) + "</tr>" for b in body)
-    imgs = "".join(
-        f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
-        f"<figcaption>{html.escape(n[:-4].replace('_', ' '))}</figcaption></figure>" for n, p in figs.items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:14px}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-th{{background:#f0f0f0}}figure{{display:inline-block;margin:1em}}img{{max-width:640px}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<table id="results"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>
-<tbody>{cells}</tbody></table>
-<h2>Figures</h2><div id="figures">{imgs}</div></body></html>"""
-    html_path = out / "report.html"
-    html_path.write_text(page)
+    title = report_title(parent_run_id)
+    md_path = write_markdown(out, title, head, body, figs)
+    html_path = write_html(out, title, head, body, figs)
     return html_path, md_path

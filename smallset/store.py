@@ -25,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smallset.data import ImageDataset, decode_images, encode_png
+# The read side of the format (a table back into ImageDataset) lives in smallset.data, which reads
+# reduced files as parquet: sources; it is re-exported here.
+from smallset.data import (  # noqa: F401
+    SMALLSET_KEY,
+    ImageDataset,
+    encode_png,
+    read_metadata_from_schema,
+    table_to_dataset,
+)
 from smallset.errors import SmallsetError
 
 FORMAT_VERSION = 1
-SMALLSET_KEY = b"smallset"
 HF_KEY = b"huggingface"
 
 
@@ -138,7 +145,7 @@ def write_reduced(ds: ImageDataset, path: str | os.PathLike, meta: dict) -> Path
 
     path = Path(path)
     if path.exists() and path.is_dir():
-        raise SmallsetError(f"{path} is a directory; --output needs a file name such as {path}/reduced.parquet.")
+        raise SmallsetError(f"{path} is a directory; output needs a file name such as {path}/reduced.parquet.", option="output")
     path.parent.mkdir(parents=True, exist_ok=True)
     table = dataset_to_table(ds, meta)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -150,58 +157,6 @@ def write_reduced(ds: ImageDataset, path: str | os.PathLike, meta: dict) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def read_metadata_from_schema(schema) -> dict | None:
-    raw = (schema.metadata or {}).get(SMALLSET_KEY)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise SmallsetError("The smallset metadata of this Parquet file is not valid JSON.") from None
-
-
-def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -> ImageDataset:
-    """Rebuild the in-memory dataset exactly as it was written."""
-    from smallset.data import _class_names_from_hf
-
-    missing = {"image", "label", "weight", "source_index", "pixels"} - set(table.column_names)
-    if missing:
-        raise SmallsetError(f"{path} is a smallset file missing the columns {sorted(missing)}; it is damaged.")
-    n = table.num_rows
-    shape = meta.get("shape")
-    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
-    blobs = table.column("image").combine_chunks().field("bytes").to_pylist()
-    pixels = table.column("pixels").to_pylist()
-    src_raw = table.column("source_index").to_pylist()
-    images = torch.empty((n, *shape), dtype=torch.float32) if n else torch.empty((0, *shape))
-    need_decode = [i for i in range(n) if pixels[i] is None]
-    if need_decode:
-        decoded = decode_images([blobs[i] for i in need_decode], what=str(path))
-        if tuple(decoded.shape[1:]) != tuple(shape):
-            raise SmallsetError(f"{path}: decoded images have shape {tuple(decoded.shape[1:])}, metadata says {shape}.")
-        images[need_decode] = decoded
-    for i in range(n):
-        if pixels[i] is not None:
-            images[i] = torch.tensor(pixels[i], dtype=torch.float32).reshape(shape)
-    weights = torch.from_numpy(table.column("weight").to_numpy().astype(np.float32, copy=True))
-    source_index = torch.tensor([-1 if v is None else v for v in src_raw], dtype=torch.int64)
-    classes = meta.get("classes") or _class_names_from_hf(table.schema, int(labels.max()) + 1)
-    # Only real rows keep their source bytes; synthetic rows get a fresh PNG preview on rewrite.
-    encoded = [b if s is not None and p is None else None for b, s, p in zip(blobs, src_raw, pixels)]
-    return ImageDataset(
-        images=images,
-        labels=labels,
-        classes=list(classes),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        weights=weights,
-        source_index=source_index,
-        encoded=encoded if all(e is not None for e in encoded) else None,
-        name=name or f"parquet:{path}",
-        meta=meta,
-    )
 
 
 def read_reduced(path: str | os.PathLike) -> ImageDataset:

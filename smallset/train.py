@@ -1,24 +1,11 @@
 """Fit and evaluate: the evaluation protocol every reduced set is judged by.
 
-A fresh model is trained on a reduced set (real or synthetic, with per-example weights scaling the loss)
-and tested on the source's full test split; this is repeated over ``runs`` seeds and reported as
-mean ± std of test accuracy, plus training seconds.
+A fresh model is trained on a reduced set (per-example weights scale the loss: Σ wᵢ·ℓᵢ / Σ wᵢ per batch)
+and tested on the source's full test split, over ``runs`` seeds: mean ± std of test accuracy, plus training
+seconds. Presets: ``paper``/``paper-1000`` (the condensation papers' routine), ``quick`` (CPU-sized) and
+``demo``.
 
-Presets (recorded with every run):
-
-- ``paper``: condensation-methods.md §1.4. SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
-  300 epochs; after epoch E//2 + 1 the lr is multiplied by 0.1 and a fresh optimiser is made (momentum
-  reset), as in the reference code. ``paper-1000`` is the same with 1000 epochs (DSA/DM/CAFE).
-  Training-time augmentation is off unless asked for (``augment="dsa"``, registered by
-  ``distill.augment``).
-- ``quick``: the CPU-sized recipe. Same optimiser and decay rule, 20 epochs but never fewer than 200 SGD
-  steps (small subsets get more epochs so that a 50-image set still sees 200 updates), batch 128. On a
-  2-core CPU with ``convnet-s`` it trains mnist-mini (5,000 images) in about a minute and a half.
-- ``demo``: ``quick`` with 8 epochs (still at least 200 steps), so that ``smallset demo``'s full-data
-  reference stays short; reduced sets of up to ~3,000 images train exactly as with ``quick``.
-
-Weighted loss: Σ wᵢ·ℓᵢ / Σ wᵢ over each mini-batch, so uniform weights give the plain mean and only
-relative weights matter.
+Rationale and the papers' recipe: docs/methods/evaluation.md.
 """
 from __future__ import annotations
 
@@ -33,11 +20,10 @@ import torch.nn.functional as F
 
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.augment import AUGMENTATIONS
 from smallset.models import seeded_model
 from smallset.registry import Registry
 
-# Training-time augmentations, name → fn(x_normalised, generator) -> x; "dsa" is registered by distill.augment.
-AUGMENTATIONS: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("augmentation")
 
 
 @dataclass(frozen=True)
@@ -70,21 +56,13 @@ PROTOCOLS.register("demo")(Protocol("demo", epochs=8, batch_size=128, min_steps=
 def get_protocol(name: str, augment: str | None = None, epochs: int | None = None) -> Protocol:
     p = PROTOCOLS.get(name)
     if augment is not None and augment != "none":
-        _ensure_augmentations()
         AUGMENTATIONS.get(augment)
         p = replace(p, augment=augment)
     if epochs is not None:
         if epochs < 1:
-            raise SmallsetError("--eval-epochs must be at least 1.")
+            raise SmallsetError("eval_epochs must be at least 1.", option="eval_epochs")
         p = replace(p, epochs=epochs, min_steps=0)
     return p
-
-
-def _ensure_augmentations() -> None:
-    try:  # distill.augment registers "dsa" (kornia); optional for the base layer.
-        import smallset.distill.augment  # noqa: F401
-    except ImportError:
-        pass
 
 
 @dataclass
@@ -138,7 +116,6 @@ def fit(
         raise SmallsetError("Cannot train on an empty dataset.")
     augment = None
     if protocol.augment != "none":
-        _ensure_augmentations()
         augment = AUGMENTATIONS.get(protocol.augment)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1) if augment else None  # CPU: same draws on any device
@@ -212,9 +189,9 @@ def evaluate(
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
     if runs < 1:
-        raise SmallsetError("--eval-runs must be at least 1.")
+        raise SmallsetError("eval_runs must be at least 1.", option="eval_runs")
     if test is None:
-        raise SmallsetError("This source has no test split to evaluate on; pass a source with one, or use --no-eval.")
+        raise SmallsetError("This source has no test split to evaluate on; pass a source with one, or use no_eval.", option="no_eval")
     if (train.channels, train.image_size) != (test.channels, test.image_size):
         raise SmallsetError("The reduced set and the test split have different image shapes.")
     accs, secs = [], []

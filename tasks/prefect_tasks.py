@@ -1,13 +1,13 @@
-"""Prefect tasks around the pipeline steps of :mod:`tasks.steps`.
+"""Prefect tasks around the pipeline steps (:mod:`smallset.tasks.steps`, :mod:`smallset.tasks.record`).
 
 Tasks receive the source *string* and load it through a per-process cache, so that parallel workers
 (threads or Dask processes) load a source once each and no dataset is shipped between processes.
 
-- ``score_task``: a ranking selector's per-example scores, cached across flow runs and processes on
-  exactly (method, source digest, model, seed, score settings, device type) and persisted on disk
-  (``$PREFECT_HOME/storage``): a compare over many fractions scores once.
-- ``reduce_task``: run the selector or condenser → the reduced set.
-- ``evaluate_task``: the evaluation protocol on one evaluation model (one cell per model).
+- ``prepare_task``: a method's budget-independent preparation (scores, features…), cached across flow
+  runs and processes on exactly :func:`smallset.tasks.steps.prepare_key` and persisted on disk
+  (``$PREFECT_HOME/storage``): a compare over many budgets prepares once.
+- ``reduce_task``: run the method at the cell's budget → the reduced set.
+- ``evaluate_task``: the evaluation protocol on one evaluation model (one task per model).
 - ``record_task``: write the Parquet file and log the MLflow run. Retried on transient I/O errors
   (a locked SQLite store), never on bad input.
 - ``full_data_task``: the full-data reference row of a compare.
@@ -18,6 +18,7 @@ import hashlib
 import json
 import threading
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -25,8 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from smallset.data import Source, load_source
 from smallset.errors import SmallsetError
+from smallset.tasks import record, steps
+from smallset.tasks.spec import Cell, default_output
 from smallset.train import EvalResult
-from smallset.tasks import steps
 
 _LOAD_LOCK = threading.Lock()
 
@@ -54,50 +56,50 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-def score_cache_key(context, parameters: dict[str, Any]) -> str:
+def prepare_cache_key(context, parameters: dict[str, Any]) -> str:
     src = cached_source(parameters["source"], parameters.get("data_root"))
-    parts = steps.score_key_parts(parameters["spec"], src.train)
-    return "smallset-scores-" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
+    parts = steps.prepare_key(parameters["cell"], src.train)
+    return "smallset-prepared-" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
-@task(name="score", cache_key_fn=score_cache_key, persist_result=True)
-def score_task(spec: steps.CellSpec, source: str, data_root: str | None = None) -> tuple[Any, float]:
-    scores, seconds = steps.compute_scores(spec, cached_source(source, data_root).train)
-    get_run_logger().info("scored %s (seed %d) in %.1f s", spec.method, spec.seed, seconds)
-    return scores, seconds
+@task(name="prepare", cache_key_fn=prepare_cache_key, persist_result=True)
+def prepare_task(cell: Cell, source: str, data_root: str | None = None) -> tuple[Any, float]:
+    prepared, seconds = steps.prepare(cell, cached_source(source, data_root).train)
+    get_run_logger().info("prepared %s (seed %d) in %.1f s", cell.method, cell.seed, seconds)
+    return prepared, seconds
 
 
 @task(name="reduce", cache_policy=NO_CACHE)
-def reduce_task(spec: steps.CellSpec, source: str, data_root: str | None = None,
-                scored: tuple[Any, float] | None = None) -> steps.Reduced:
-    scores, seconds = scored if scored is not None else (None, 0.0)
-    red = steps.reduce(spec, cached_source(source, data_root), scores=scores, score_seconds=seconds)
-    get_run_logger().info("%s %s seed %d: %d examples in %.1f s", spec.method,
-                          spec.budget.label(spec.kind), spec.seed, len(red.dataset), red.seconds)
+def reduce_task(cell: Cell, source: str, data_root: str | None = None,
+                prepared: tuple[Any, float] | None = None) -> steps.Reduced:
+    value, seconds = prepared if prepared is not None else (None, 0.0)
+    red = steps.reduce(cell, cached_source(source, data_root), prepared=value, prepare_seconds=seconds)
+    get_run_logger().info("%s %s seed %d: %d examples in %.1f s", cell.method,
+                          cell.budget.label(cell.kind), cell.seed, len(red.dataset), red.seconds)
     return red
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(spec: steps.CellSpec, red: steps.Reduced, source: str, model: str,
+def evaluate_task(cell: Cell, red: steps.Reduced, source: str, model: str,
                   data_root: str | None = None) -> EvalResult:
-    res = steps.evaluate_reduced(spec, red.dataset, cached_source(source, data_root).test, model)
-    get_run_logger().info("%s on %s: %s", spec.method, model, res.summary())
+    res = steps.evaluate_reduced(cell, red.dataset, cached_source(source, data_root).test, model)
+    get_run_logger().info("%s on %s: %s", cell.method, model, res.summary())
     return res
 
 
 @task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def record_task(spec: steps.CellSpec, red: steps.Reduced, evals: list[EvalResult], source: str, output: str,
+def record_task(cell: Cell, red: steps.Reduced, evals: list[EvalResult], source: str, output: str,
                 parent_run_id: str | None = None, data_root: str | None = None) -> dict:
     src = cached_source(source, data_root)
-    row = steps.write_and_log(spec, src, red, {e.model: e for e in evals}, steps.Path(output), parent_run_id)
+    row = record.write_and_log(cell, src, red, {e.model: e for e in evals}, Path(output), parent_run_id)
     get_run_logger().info("wrote %s (MLflow run %s)", row["output"], row["run_id"])
     return row
 
 
 @task(name="full-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def full_data_task(spec: steps.CellSpec, source: str, parent_run_id: str | None = None,
+def full_data_task(cell: Cell, source: str, parent_run_id: str | None = None,
                    data_root: str | None = None) -> dict:
-    return steps.full_data_row(cached_source(source, data_root), spec, parent_run_id)
+    return record.full_data_row(cached_source(source, data_root), cell, parent_run_id)
 
 
 class CellFutures:
@@ -114,20 +116,20 @@ class CellFutures:
         return self.futures[-1].result()
 
 
-def submit_cell(spec: steps.CellSpec, source: str, output: str, parent_run_id: str | None = None,
-                data_root: str | None = None, scored=None) -> CellFutures:
+def submit_cell(cell: Cell, source: str, output: str, parent_run_id: str | None = None,
+                data_root: str | None = None, prepared=None) -> CellFutures:
     """Submit reduce → evaluate (one task per evaluation model) → record."""
-    red = reduce_task.submit(spec, source, data_root, scored)
-    evals = [] if spec.no_eval else [evaluate_task.submit(spec, red, source, m, data_root)
-                                     for m in spec.evaluation_models]
-    return CellFutures(*([scored] if scored is not None and hasattr(scored, "result") else []), red, *evals,
-                       record_task.submit(spec, red, evals, source, output, parent_run_id, data_root))
+    red = reduce_task.submit(cell, source, data_root, prepared)
+    evals = [] if cell.options.no_eval else [evaluate_task.submit(cell, red, source, m, data_root)
+                                             for m in cell.options.evaluation_models()]
+    return CellFutures(*([prepared] if prepared is not None and hasattr(prepared, "result") else []), red, *evals,
+                       record_task.submit(cell, red, evals, source, output, parent_run_id, data_root))
 
 
-def run_single(spec: steps.CellSpec, source: str, data_root: str | None = None) -> dict:
-    """The body of prune_flow/distill_flow: one cell, in the flow."""
-    steps.validate(spec)
+def run_single(cell: Cell) -> dict:
+    """The body of prune_flow/distill_flow: one resolved cell, in the flow."""
+    source, data_root = cell.options.source, cell.options.data_root
     src = cached_source(source, data_root)
-    scored = score_task(spec, source, data_root) if spec.kind == "prune" else None
-    output = spec.output or str(steps.default_output(src.id, spec, spec.budget.for_kind(spec.kind, src.train)))
-    return submit_cell(spec, source, output, None, data_root, scored).result()
+    prepared = prepare_task(cell, source, data_root) if steps.needs_prepare(cell) else None
+    output = cell.output or str(default_output(src.id, cell))
+    return submit_cell(cell, source, output, None, data_root, prepared).result()

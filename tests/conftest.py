@@ -19,22 +19,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from smallset.data import ImageDataset  # noqa: E402
-
-
-def make_tiny_dataset(n_per_class: int = 20, num_classes: int = 3, channels: int = 1, size: int = 8,
-                      seed: int = 0, noise: float = 0.15) -> ImageDataset:
-    """A learnable toy dataset: each class has its own random template; examples are template + noise,
-    in [0, 1]. Class-major order is avoided (labels interleave) so order bugs show."""
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.rand(num_classes, channels, size, size, generator=g)
-    labels = torch.arange(num_classes).repeat(n_per_class)
-    images = (templates[labels] + noise * torch.randn(len(labels), channels, size, size, generator=g)).clamp(0, 1)
-    return ImageDataset(
-        images=images.float(), labels=labels.long(), classes=[f"c{i}" for i in range(num_classes)],
-        mean=tuple([0.5] * channels), std=tuple([0.25] * channels), name="tiny",
-        source_index=torch.arange(len(labels)),
-    )
+import browser  # noqa: E402  (tests/browser.py; tests/ is on sys.path in pytest's default import mode)
+from helpers import make_tiny_dataset, make_tiny_parquet, tiny_compare_kwargs  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -51,38 +37,6 @@ def one_thread():
 def tiny_dataset():
     """Factory fixture: ``tiny_dataset(n_per_class=20, num_classes=3, channels=1, size=8, seed=0)``."""
     return make_tiny_dataset
-
-
-def write_hf_parquet(ds: ImageDataset, path, class_names=True):
-    """Write ``ds`` in the Hugging Face image layout (PNG bytes, label, class names in metadata)."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from smallset.data import encode_png
-
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({
-        "image": pa.array([{"bytes": encode_png(x), "path": None} for x in ds.images], type=image_type),
-        "label": pa.array(ds.labels.tolist(), type=pa.int64()),
-    })
-    if class_names:
-        feats = {"info": {"features": {"image": {"_type": "Image"},
-                                       "label": {"names": ds.classes, "_type": "ClassLabel"}}}}
-        table = table.replace_schema_metadata({b"huggingface": json.dumps(feats).encode()})
-    pq.write_table(table, path)
-    return path
-
-
-def make_tiny_parquet(d):
-    """A directory with train.parquet (3 classes × 20, 1×16×16, 8-bit pixels) and test.parquet (3 × 10)."""
-    d.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", 20, 0), ("test", 10, 1)):
-        ds = make_tiny_dataset(n_per_class=n, seed=seed, size=16)
-        ds.images = (ds.images * 255).round() / 255
-        write_hf_parquet(ds, d / f"{split}.parquet")
-    return d
 
 
 @pytest.fixture
@@ -104,6 +58,17 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tests marked ``browser`` need headless Chromium: without it they skip, before any fixture (such as the
+    shared compare) is set up, unless CI=true or SMALLSET_REQUIRE_BROWSER=1, where they fail instead."""
+    if item.get_closest_marker("browser") is None or browser.chromium_path() is not None:
+        return
+    if browser.browser_required():
+        pytest.fail(f"{browser.MISSING} (required: CI=true or SMALLSET_REQUIRE_BROWSER=1)", pytrace=False)
+    pytest.skip(browser.MISSING)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server (its own SQLite, under this session's PREFECT_HOME) for all flow tests."""
@@ -111,11 +76,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-TINY_COMPARE = dict(methods=["random"], fractions=[0.2, 0.5], ipcs=[], seeds=[0, 1], model="mlp",
-                    model_kwargs={"width": 16}, eval_models=["mlp", "lenet"], eval_epochs=3, eval_runs=1,
-                    device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +88,5 @@ def tiny_compare(prefect_harness, tiny_parquet_session, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("compare")
     rows = compare_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-        source=f"parquet:{tiny_parquet_session}", output_dir=str(out), **TINY_COMPARE)
+        output_dir=str(out), **tiny_compare_kwargs(f"parquet:{tiny_parquet_session}"))
     return rows

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from smallset.errors import SmallsetError
-from smallset.train import AUGMENTATIONS, fit, get_protocol
-from smallset.distill.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAConfig, default_strategy, dsa_augment
+from smallset.augment import AUGMENTATIONS
+from smallset.train import fit, get_protocol
+from smallset.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, default_strategy, dsa_augment
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -201,7 +202,7 @@ def test_none_strategy_is_identity_and_bad_input_raises():
 
 def test_default_strategy_and_registered_for_evaluation(tiny_dataset):
     assert default_strategy(1) == "color_crop_cutout_scale_rotate" and default_strategy(3) == DEFAULT_STRATEGY
-    assert DSAConfig().saturation == 2.0 and DSAConfig().rotate == 15.0
+    assert DSAParams().saturation == 2.0 and DSAParams().rotate == 15.0
     assert AUGMENTATIONS.get("dsa") is dsa_augment
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(dsa_augment(x, gen(21)), DSA(default_strategy(1))(x, gen(21)))

@@ -15,7 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import tracking
-from tests import browser
+import browser
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]  # the shared tiny compare runs through Prefect's test server
 
 
 @pytest.fixture
@@ -47,6 +49,8 @@ def _wait_healthy(url: str, proc, timeout: float = 150) -> None:
     raise TimeoutError("mlflow ui did not become healthy")
 
 
+@pytest.mark.multiprocess  # an `mlflow ui` server process
+@pytest.mark.slow
 def test_mlflow_ui_compares_the_runs_of_a_compare(tiny_compare, shots):
     client = MlflowClient(tracking.tracking_uri())
     parent = tiny_compare[0]["parent_run_id"]

@@ -6,7 +6,7 @@ import torch
 
 from smallset import store
 from smallset.flows.cli import main
-from tests.conftest import make_tiny_dataset
+from helpers import make_tiny_dataset
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def in_tmp(tmp_path, monkeypatch):
     (["prune", "--protocol", "slow"], "Unknown protocol 'slow'"),
     (["prune", "--device", "tpu"], "Unknown device 'tpu'"),
     (["distill", "--method", "random"], "random is a pruning method"),
-    (["distill", "--ipc", "0"], "--ipc must be at least 1"),
+    (["distill", "--ipc", "0"], "--ipc must be a whole number of at least 1"),
     (["show", "missing.parquet"], "No such file"),
     (["compare", "--methods", "random,magic", "--ipcs", "1"], "Unknown method 'magic'"),
 ])
@@ -37,6 +37,7 @@ def test_bad_input_one_sentence_exit_2_nothing_written(in_tmp, capsys, argv, mes
     assert list(in_tmp.iterdir()) == []
 
 
+@pytest.mark.server
 def test_ipc_above_smallest_class_is_refused(in_tmp, tiny_parquet, capsys, prefect_harness):
     # tiny_parquet has 20 training images per class
     code = main(["distill", "--source", f"parquet:{tiny_parquet}", "--ipc", "21", "--no-eval", "--no-progress"])

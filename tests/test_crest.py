@@ -113,7 +113,7 @@ def test_bad_input_raises(tiny_dataset):
     with pytest.raises(SmallsetError):
         CrestSelector(small_cfg(random_subset_size=0.0)).select(ds, 0.5, ctx_for())
     assert CrestSelector.higher_is_keep is None
-    assert CrestSelector().score(ds, ctx_for()) is None
+    assert CrestSelector().prepare(ds, ctx_for()) is None
     assert SELECTORS.get("crest") is CrestSelector
 
 
@@ -184,7 +184,7 @@ def test_check_subsets_restricts_the_checks_loss_to_the_first_random_subsets(tin
     assert sorted(one.R_uniq.tolist()) == sorted(first[first >= 0].tolist())
     assert one.R_counts.sum().item() == (first >= 0).sum().item() == 3 * math.ceil(0.3 * 60 / 3)
     assert len(one.U) == 3 * 3 * 4  # coresets still come from all P subsets
-    with pytest.raises(SmallsetError, match="check-subsets"):
+    with pytest.raises(SmallsetError, match="check_subsets"):
         CrestSelector(small_cfg(check_subsets=-1)).select(ds, 0.5, ctx_for())
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from smallset.data import ImageDataset, channel_stats, load_source
 from smallset.errors import SmallsetError
-from tests.conftest import make_tiny_dataset, write_hf_parquet
+from helpers import make_tiny_dataset, write_hf_parquet
 
 
 def test_parquet_directory_loads_train_and_test_with_class_names(tiny_parquet):

@@ -11,7 +11,7 @@ from smallset.errors import SmallsetError
 from smallset.models import create_model
 from smallset.distill.base import CONDENSERS
 from smallset.distill.dc import DCConfig, gradient_distance, loops_for_ipc
-from smallset.distill.dsa import DSAMethodConfig
+from smallset.distill.dsa import DSAConfig
 
 EPS = 1e-6
 
@@ -69,7 +69,7 @@ def test_loops_table_and_fallback():
     for ipc, loops in table.items():
         cfg = DCConfig.for_ipc(ipc)
         assert (cfg.outer_loop, cfg.inner_loop) == loops and cfg.init == "noise"
-        dsa = DSAMethodConfig.for_ipc(ipc)
+        dsa = DSAConfig.for_ipc(ipc)
         assert (dsa.outer_loop, dsa.inner_loop) == loops and dsa.init == "real"
     assert loops_for_ipc(5) == (1, 1) and loops_for_ipc(6) == (10, 50) and loops_for_ipc(15) == (10, 50)
     assert loops_for_ipc(26) == (30, 20)
@@ -89,7 +89,7 @@ def test_bad_settings_raise(tiny_dataset):
     with pytest.raises(SmallsetError):
         dc(DCConfig(iterations=1)).condense(ds, 5, small_ctx())  # more ipc than the class has
     with pytest.raises(SmallsetError):
-        CONDENSERS.get("dsa")(DSAMethodConfig(iterations=1, dsa_strategy="color_blur")).condense(ds, 1, small_ctx())
+        CONDENSERS.get("dsa")(DSAConfig(iterations=1, dsa_strategy="color_blur")).condense(ds, 1, small_ctx())
 
 
 # --- learning ----------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_dsa_augments_real_and_synthetic_of_one_class_together(tiny_dataset):
     through one augmentation call; the inner loop uses the non-Siamese call; results differ from DC."""
     ds = tiny_dataset(n_per_class=6, num_classes=3, size=8)
     ipc = 2
-    cfg = DSAMethodConfig(iterations=2, outer_loop=2, inner_loop=1, batch_real=4, lr_img=0.01)
+    cfg = DSAConfig(iterations=2, outer_loop=2, inner_loop=1, batch_real=4, lr_img=0.01)
     dsa = CONDENSERS.get("dsa")(cfg)
     calls = {"siamese": [], "plain": 0}
     orig_setup = dsa.setup

@@ -9,10 +9,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import store, tracking
-from tests.browser import free_port
+from browser import free_port
+
+# a real `prefect server start`, `prefect deploy --all` and a worker, each its own process
+pytestmark = [pytest.mark.server, pytest.mark.multiprocess, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -67,9 +71,10 @@ def test_deploy_trigger_and_run_with_a_worker(tmp_path, tiny_parquet):
         names = {d["name"] for d in _api(base, "/deployments/filter", {})}
         assert {"nightly-compare", "prune", "distill"} <= names
         out = tmp_path / "deployed.parquet"
-        params = {"source": f"parquet:{tiny_parquet}", "model": "mlp", "eval_epochs": 2, "eval_runs": 1,
-                  "device": "cpu", "fraction": 0.5, "output": str(out)}
-        prefect("deployment", "run", "prune/prune", *[a for k, v in params.items() for a in ("--param", f"{k}={v}")])
+        options = {"source": f"parquet:{tiny_parquet}", "model": "mlp", "eval_epochs": 2, "eval_runs": 1,
+                   "device": "cpu"}
+        prefect("deployment", "run", "prune/prune", "--params",
+                json.dumps({"fraction": 0.5, "output": str(out), "options": options}))
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "smallset-process", "--run-once"],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)

@@ -7,7 +7,7 @@ from smallset.context import RunContext
 from smallset.distill.base import CONDENSERS
 from smallset.distill.cafe import CAFEConfig
 from smallset.distill.dc import DCConfig
-from smallset.distill.dsa import DSAMethodConfig
+from smallset.distill.dsa import DSAConfig
 
 N, HALF = 4, 2
 
@@ -26,7 +26,7 @@ def ctx(**kw):
 CONFIGS = {
     # outer_loop 2 / inner_loop 1 exercises the image momentum, the inner loop and every generator.
     "dc": DCConfig(iterations=N, outer_loop=2, inner_loop=1, batch_real=4, batch_train=2),
-    "dsa": DSAMethodConfig(iterations=N, outer_loop=2, inner_loop=1, batch_real=4, batch_train=2),
+    "dsa": DSAConfig(iterations=N, outer_loop=2, inner_loop=1, batch_real=4, batch_train=2),
     # Caps keep each iteration short; a milestone at ½ puts the lr halving inside the resumed half.
     "cafe": CAFEConfig(iterations=N, batch_real=4, probe_per_class=4, watch_window=2, max_outer_steps=3,
                        max_inner_epochs=2, lr_halving="0.5", batch_train=2),
@@ -62,5 +62,5 @@ def test_resume_is_exact(tiny_dataset, tmp_path, key):
     for k in ("outer_steps", "inner_epochs", "disc_loss_curve", "outer_cap_hits", "mean_abs_change"):
         assert resumed.info.get(k) == straight.info.get(k)
     # The run really moved on after the checkpoint (not a no-op resume).
-    at_half = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["syn"]
+    at_half = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["syn"]
     assert not torch.equal(at_half, straight.images)

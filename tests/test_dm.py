@@ -10,7 +10,7 @@ from smallset.context import RunContext
 from smallset.errors import SmallsetError
 from smallset.distill import CONDENSERS
 from smallset.distill.base import init_synthetic, to_dataset
-from smallset.distill.dm import DM, DMConfig
+from smallset.distill.dm import DMCondenser, DMConfig
 
 MODEL_KW = {"width": 8, "depth": 2}
 
@@ -23,11 +23,11 @@ def ctx(seed=0, **kw):
 
 
 def make(iterations=4, **kw):
-    return DM(DM.config_for_ipc(2, iterations=iterations, batch_real=kw.pop("batch_real", 8), **kw))
+    return DMCondenser(DMCondenser.config_for_ipc(2, iterations=iterations, batch_real=kw.pop("batch_real", 8), **kw))
 
 
 def test_registered_with_paper_defaults():
-    assert CONDENSERS.get("dm") is DM
+    assert CONDENSERS.get("dm") is DMCondenser
     c = DMConfig()
     assert (c.iterations, c.lr_img, c.momentum, c.batch_real, c.init, c.dsa, c.dsa_strategy) == \
         (20000, 1.0, 0.5, 256, "real", True, "")
@@ -130,13 +130,13 @@ def test_resume_is_exact(tiny_dataset, tmp_path):
     total = 6
     straight = make(iterations=total).condense(ds, 2, ctx())
 
-    class Crashing(DM):
+    class Crashing(DMCondenser):
         def step(self, it):
             if it == 4:
                 raise _Interrupted
             return super().step(it)
 
-    crashing = Crashing(DM.config_for_ipc(2, iterations=total, batch_real=8))
+    crashing = Crashing(DMCondenser.config_for_ipc(2, iterations=total, batch_real=8))
     with pytest.raises(_Interrupted):
         crashing.condense(ds, 2, ctx(checkpoint_dir=tmp_path, checkpoint_every=2, resume=True))
     assert (tmp_path / "checkpoint.pt").exists()
@@ -157,5 +157,5 @@ def test_bad_settings_raise(tiny_dataset):
         make(init="zeros").condense(ds, 2, ctx())
     with pytest.raises(SmallsetError, match="DSA"):
         make(dsa_strategy="crop_blur").condense(ds, 2, ctx())
-    with pytest.raises(SmallsetError, match="batch-real"):
+    with pytest.raises(SmallsetError, match="batch_real"):
         make(batch_real=0).condense(ds, 2, ctx())

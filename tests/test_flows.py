@@ -5,8 +5,15 @@ from mlflow.tracking import MlflowClient
 
 from smallset import store, tracking
 from smallset.flows.cli import main
+from smallset.options import RunOptions
+
+pytestmark = pytest.mark.server
 
 FAST = dict(model="mlp", model_kwargs={"width": 16}, eval_epochs=3, eval_runs=2, device="cpu")
+
+
+def fast(source, **more) -> RunOptions:
+    return RunOptions(source=source, **FAST, **more)
 
 
 @pytest.fixture
@@ -19,7 +26,7 @@ def test_prune_flow_writes_parquet_and_logs_mlflow(prefect_harness, tiny_parquet
     from smallset.flows.prune_flow import prune_flow
 
     out = in_tmp / "r.parquet"
-    row = prune_flow(source=f"parquet:{tiny_parquet}", method="random", fraction=0.5, seed=3, output=str(out), **FAST)
+    row = prune_flow(method="random", fraction=0.5, output=str(out), options=fast(f"parquet:{tiny_parquet}", seed=3))
     assert out.exists() and row["n_examples"] == 30 and 0 <= row["test_accuracy"] <= 1
     ds = store.read_reduced(out)
     assert ds.class_counts() == [10, 10, 10]
@@ -50,8 +57,8 @@ def test_same_seed_same_selection_other_seed_differs(prefect_harness, tiny_parqu
 
     picks = []
     for seed, name in ((1, "a"), (1, "b"), (2, "c")):
-        prune_flow(source=f"parquet:{tiny_parquet}", method="random", fraction=0.3, seed=seed,
-                   output=str(in_tmp / f"{name}.parquet"), no_eval=True, **FAST)
+        prune_flow(method="random", fraction=0.3, output=str(in_tmp / f"{name}.parquet"),
+                   options=fast(f"parquet:{tiny_parquet}", seed=seed, no_eval=True))
         picks.append(store.read_reduced(in_tmp / f"{name}.parquet").source_index)
     assert torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
 
@@ -61,8 +68,8 @@ def test_compare_flow_nests_child_runs_and_saves_the_table(prefect_harness, tiny
 
     from smallset.flows.compare_flow import compare_flow
 
-    rows = compare_flow(source=f"parquet:{tiny_parquet}", methods=["random"], fractions=[0.2, 0.5],
-                        ipcs=[], seeds=[0, 1], output_dir=str(in_tmp / "out"), **FAST)
+    rows = compare_flow(methods=["random"], fractions=[0.2, 0.5], ipcs=[], seeds=[0, 1],
+                        output_dir=str(in_tmp / "out"), options=fast(f"parquet:{tiny_parquet}"))
     assert [r["method"] for r in rows] == ["full"] + ["random"] * 4
     assert rows[0]["n_examples"] == 60
     parent = rows[0]["parent_run_id"]

@@ -15,7 +15,7 @@ def test_registered_and_keeps_the_most_forgotten():
     assert SELECTORS.get("forgetting") is ForgettingSelector
     assert ForgettingSelector.higher_is_keep is True  # keep the MOST forgotten examples
     assert ForgettingSelector.uses_model is True
-    fields = set(ForgettingSelector.score_fields)
+    fields = set(ForgettingSelector().prepare_params())
     assert {"score_epochs", "never_learned", "score_runs"} <= fields
     assert "balance" not in fields  # only changes the selection step
 
@@ -48,7 +48,7 @@ def test_select_keeps_highest_counts_per_class(tiny_dataset):
     for c, idx in enumerate(ds.class_indices()):
         scores[idx] = 100.0 * c + (torch.arange(len(idx)) * 7 % 10).float()
     sel = ForgettingSelector()
-    out = sel.select(ds, 0.3, RunContext(seed=0, **CTX), scores=scores)
+    out = sel.select(ds, 0.3, RunContext(seed=0, **CTX), prepared=scores)
     budgets = class_budgets(ds.class_counts(), 0.3)
     for c, idx in enumerate(ds.class_indices()):
         kept = set(out.indices.tolist()) & set(idx.tolist())
@@ -62,11 +62,11 @@ def test_global_selection_and_seeded_tie_breaking(tiny_dataset):
     ds = tiny_dataset(n_per_class=20, num_classes=2)
     scores = torch.zeros(len(ds))
     scores[ds.labels == 1] = 3.0  # class 1 is the most forgotten: a global top-50% takes all of it
-    glob = ForgettingSelector(ForgettingConfig(balance=False)).select(ds, 0.5, RunContext(seed=0), scores=scores)
+    glob = ForgettingSelector(ForgettingConfig(balance=False)).select(ds, 0.5, RunContext(seed=0), prepared=scores)
     assert set(glob.indices.tolist()) == set(torch.nonzero(ds.labels == 1).flatten().tolist())
     # all-tied scores: the pick is a seeded random draw, identical for a seed, different across seeds
     tied = torch.ones(len(ds))
-    picks = [ForgettingSelector().select(ds, 0.25, RunContext(seed=s), scores=tied).indices for s in (0, 0, 1, 2)]
+    picks = [ForgettingSelector().select(ds, 0.25, RunContext(seed=s), prepared=tied).indices for s in (0, 0, 1, 2)]
     assert torch.equal(picks[0], picks[1])
     assert not (torch.equal(picks[0], picks[2]) and torch.equal(picks[0], picks[3]))
 
@@ -75,26 +75,26 @@ def test_score_run_is_reproducible_and_counts_are_bounded(tiny_dataset):
     ds = tiny_dataset(n_per_class=16, num_classes=3, noise=0.6)
     cfg = ForgettingConfig(score_epochs=4, batch_size=16)
     sel = ForgettingSelector(cfg)
-    a = sel.score(ds, RunContext(seed=3, **CTX))
-    b = ForgettingSelector(cfg).score(ds, RunContext(seed=3, **CTX))
+    a = sel.prepare(ds, RunContext(seed=3, **CTX))
+    b = ForgettingSelector(cfg).prepare(ds, RunContext(seed=3, **CTX))
     assert torch.equal(a, b)
     assert a.shape == (len(ds),) and a.dtype == torch.float32
     assert bool((a >= 0).all()) and bool((a <= 4).all()) and torch.equal(a, a.round())
     acc = sel.score_info["score_train_accuracy"]
     assert len(acc) == 4 and acc[-1] > acc[0]  # the scoring model learns
     # never-learned rule: DeepCore gives 0 where Toneva gives T; elsewhere the two agree
-    d = ForgettingSelector(ForgettingConfig(score_epochs=4, batch_size=16, never_learned="deepcore")).score(
+    d = ForgettingSelector(ForgettingConfig(score_epochs=4, batch_size=16, never_learned="deepcore")).prepare(
         ds, RunContext(seed=3, **CTX))
     differ = a != d
     assert bool((a[differ] == 4).all()) and bool((d[differ] == 0).all())
     # select() without scores computes them itself and gives the same subset
     s1 = sel.select(ds, 0.5, RunContext(seed=3, **CTX))
-    s2 = sel.select(ds, 0.5, RunContext(seed=3, **CTX), scores=a)
+    s2 = sel.select(ds, 0.5, RunContext(seed=3, **CTX), prepared=a)
     assert torch.equal(s1.indices, s2.indices)
 
 
 def test_every_example_is_recorded_once_per_epoch(tiny_dataset):
-    from smallset.prune.features import seeded_model, sgd_epochs
+    from smallset.prune._features import seeded_model, sgd_epochs
 
     ds = tiny_dataset(n_per_class=10, num_classes=3)
     ctx = RunContext(seed=0, **CTX)
@@ -116,8 +116,8 @@ def test_every_example_is_recorded_once_per_epoch(tiny_dataset):
 def test_bad_input_raises(tiny_dataset):
     ds = tiny_dataset(n_per_class=5, num_classes=2)
     with pytest.raises(SmallsetError):
-        ForgettingSelector(ForgettingConfig(score_epochs=0)).score(ds, RunContext(**CTX))
+        ForgettingSelector(ForgettingConfig(score_epochs=0)).prepare(ds, RunContext(**CTX))
     with pytest.raises(SmallsetError):
-        ForgettingSelector().select(ds, 0.5, RunContext(), scores=torch.zeros(3))
+        ForgettingSelector().select(ds, 0.5, RunContext(), prepared=torch.zeros(3))
     with pytest.raises(SmallsetError):
-        ForgettingSelector().select(ds, 1.5, RunContext(), scores=torch.zeros(len(ds)))
+        ForgettingSelector().select(ds, 1.5, RunContext(), prepared=torch.zeros(len(ds)))

@@ -35,7 +35,7 @@ def test_registered_and_pinned_attributes():
     assert SELECTORS.get("geda") is GEDASelector
     assert GEDASelector.higher_is_keep is None  # matches the score distribution, keeps neither end
     assert GEDASelector.uses_model is True
-    assert set(GEDASelector.score_fields) == {"warmup_epochs", "gradient", "lr", "batch_size"}
+    assert set(GEDASelector().prepare_params()) == {"warmup_epochs", "gradient", "lr", "batch_size"}
 
 
 def test_nodes_weights_and_closed_form_by_hand():
@@ -81,13 +81,13 @@ def test_selector_solvers_agree_on_the_objective():
     ds, scores = _scored_dataset([torch.rand(40, generator=gen) ** 2, torch.rand(30, generator=gen) * 3])
     objs = {}
     for milp in ("reduced", "full", "closed_form"):
-        out = GEDASelector(GEDAConfig(milp=milp)).select(ds, 0.2, RunContext(seed=0), scores=scores)
+        out = GEDASelector(GEDAConfig(milp=milp)).select(ds, 0.2, RunContext(seed=0), prepared=scores)
         assert len(out.indices) == sum(class_budgets(ds.class_counts(), 0.2))
         objs[milp] = out.info["ecdf_objective"]
     assert objs["reduced"] == pytest.approx(objs["closed_form"], abs=1e-9)
     assert objs["full"] == pytest.approx(objs["closed_form"], abs=1e-9)
     with pytest.raises(SmallsetError):
-        GEDASelector(GEDAConfig(milp="full", full_milp_max=50)).select(ds, 0.2, RunContext(), scores=scores)
+        GEDASelector(GEDAConfig(milp="full", full_milp_max=50)).select(ds, 0.2, RunContext(), prepared=scores)
 
 
 def test_subset_ecdf_is_closer_than_random_subsets():
@@ -96,7 +96,7 @@ def test_subset_ecdf_is_closer_than_random_subsets():
     ds, scores = _scored_dataset([g])
     m = class_budgets([300], 0.1)[0]
     for fill in ("systematic", "random"):
-        out = GEDASelector(GEDAConfig(fill=fill)).select(ds, 0.1, RunContext(seed=0), scores=scores)
+        out = GEDASelector(GEDAConfig(fill=fill)).select(ds, 0.1, RunContext(seed=0), prepared=scores)
         p = _build_problem(scores, m, 5, "uniform")
         rank_of = torch.empty(300, dtype=torch.long)
         rank_of[p.order] = torch.arange(300)
@@ -105,7 +105,7 @@ def test_subset_ecdf_is_closer_than_random_subsets():
         assert obj <= min(random_objs) + 1e-12  # optimal for the trapezoid objective
         assert obj == pytest.approx(out.info["ecdf_objective"])
     # systematic fill also matches the exact ECDF (∫|F_S − F|) better than random subsets do on average
-    sys_out = GEDASelector(GEDAConfig(fill="systematic")).select(ds, 0.1, RunContext(seed=0), scores=scores)
+    sys_out = GEDASelector(GEDAConfig(fill="systematic")).select(ds, 0.1, RunContext(seed=0), prepared=scores)
     exact = ecdf_l1(scores, scores[sys_out.indices])
     assert exact == pytest.approx(sys_out.info["ecdf_l1"], rel=1e-6)
     rand = [ecdf_l1(scores, scores[torch.randperm(300, generator=gen)[:m]]) for _ in range(50)]
@@ -123,25 +123,25 @@ def test_fill_weights_budgets_and_reproducibility():
     ds, scores = _scored_dataset([torch.rand(50, generator=gen), torch.rand(50, generator=gen) ** 4,
                                   torch.rand(20, generator=gen)])
     budgets = class_budgets(ds.class_counts(), 0.3)
-    sysa = GEDASelector().select(ds, 0.3, RunContext(seed=0), scores=scores)
-    sysb = GEDASelector().select(ds, 0.3, RunContext(seed=5), scores=scores)
+    sysa = GEDASelector().select(ds, 0.3, RunContext(seed=0), prepared=scores)
+    sysb = GEDASelector().select(ds, 0.3, RunContext(seed=5), prepared=scores)
     assert torch.equal(sysa.indices, sysb.indices)  # systematic fill is deterministic
     assert torch.equal(sysa.weights, torch.ones(len(sysa.indices)))
     assert torch.bincount(ds.labels[sysa.indices], minlength=3).tolist() == budgets
-    r = [GEDASelector(GEDAConfig(fill="random")).select(ds, 0.3, RunContext(seed=s), scores=scores).indices
+    r = [GEDASelector(GEDAConfig(fill="random")).select(ds, 0.3, RunContext(seed=s), prepared=scores).indices
          for s in (0, 0, 1)]
     assert torch.equal(r[0], r[1]) and not torch.equal(r[0], r[2])
     # systematic picks evenly spaced ranks: a class with 50 examples in one cell takes every ~3rd rank
     flat = torch.arange(60).float()
     ds1, s1 = _scored_dataset([flat])
-    out = GEDASelector(GEDAConfig(nodes=2)).select(ds1, 0.1, RunContext(), scores=s1)
+    out = GEDASelector(GEDAConfig(nodes=2)).select(ds1, 0.1, RunContext(), prepared=s1)
     # nodes at min and max: cell 0 = {0}, cell 1 = (0, 59] with 59 points, 6 picks; A_1 = round(6/60) = 0
     assert sorted(s1[out.indices].int().tolist()) == [1 + (2 * i + 1) * 59 // 12 for i in range(6)]
     # cell weights: the weighted subset's ECDF equals the class ECDF at every node. Values 0..4 with
     # 10, 5, 20, 5, 10 copies, m = 15: y = 3, 2, 6, 1, 3 per cell, weights 1, 0.75, 1, 1.5, 1.
     vals = torch.repeat_interleave(torch.arange(5.0), torch.tensor([10, 5, 20, 5, 10]))
     ds2, s2 = _scored_dataset([vals])
-    w = GEDASelector(GEDAConfig(weighting="cell", milp="closed_form")).select(ds2, 0.3, RunContext(), scores=s2)
+    w = GEDASelector(GEDAConfig(weighting="cell", milp="closed_form")).select(ds2, 0.3, RunContext(), prepared=s2)
     picked = s2[w.indices]
     assert torch.bincount(picked.long(), minlength=5).tolist() == [3, 2, 6, 1, 3]
     assert sorted(set(w.weights.tolist())) == [0.75, 1.0, 1.5]
@@ -171,15 +171,15 @@ def test_gradient_norms_match_autograd(tiny_dataset):
 def test_score_is_reproducible_and_select_without_scores(tiny_dataset):
     ds = tiny_dataset(n_per_class=10, num_classes=3)
     ctx = dict(model="mlp", model_kwargs={"width": 8})
-    a = GEDASelector().score(ds, RunContext(seed=1, **ctx))
-    assert torch.equal(a, GEDASelector().score(ds, RunContext(seed=1, **ctx)))
-    assert not torch.equal(a, GEDASelector().score(ds, RunContext(seed=2, **ctx)))
+    a = GEDASelector().prepare(ds, RunContext(seed=1, **ctx))
+    assert torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=1, **ctx)))
+    assert not torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=2, **ctx)))
     assert a.shape == (len(ds),) and bool((a > 0).all())
-    warm = GEDASelector(GEDAConfig(warmup_epochs=1, batch_size=8)).score(ds, RunContext(seed=1, **ctx))
+    warm = GEDASelector(GEDAConfig(warmup_epochs=1, batch_size=8)).prepare(ds, RunContext(seed=1, **ctx))
     assert not torch.equal(a, warm)
     s = GEDASelector().select(ds, 0.3, RunContext(seed=1, **ctx))
-    assert torch.equal(s.indices, GEDASelector().select(ds, 0.3, RunContext(seed=1, **ctx), scores=a).indices)
+    assert torch.equal(s.indices, GEDASelector().select(ds, 0.3, RunContext(seed=1, **ctx), prepared=a).indices)
     with pytest.raises(SmallsetError):
-        GEDASelector().select(ds, 0.3, RunContext(), scores=torch.ones(3))
+        GEDASelector().select(ds, 0.3, RunContext(), prepared=torch.ones(3))
     with pytest.raises(SmallsetError):
-        GEDASelector(GEDAConfig(nodes=1)).select(ds, 0.3, RunContext(), scores=a)
+        GEDASelector(GEDAConfig(nodes=1)).select(ds, 0.3, RunContext(), prepared=a)

@@ -9,7 +9,7 @@ from smallset.errors import SmallsetError
 from smallset.prune.base import SELECTORS, class_budgets
 from smallset.prune.herding import HerdingSelector, herding_order
 from smallset.prune.kcenter import KCenterSelector, kcenter_order
-from smallset.prune.features import FeatureConfig
+from smallset.prune._features import FeatureConfig
 
 CTX = dict(model="mlp", model_kwargs={"width": 8})
 
@@ -23,7 +23,7 @@ def test_registered_and_pinned_attributes():
     for cls in (HerdingSelector, KCenterSelector):
         assert cls.higher_is_keep is None  # score() returns features, not a ranking
         assert cls.uses_model is True
-        assert set(cls.score_fields) == {"feature_epochs", "feature_lr"}
+        assert set(cls().prepare_params()) == {"feature_epochs", "feature_lr"}
 
 
 def test_herding_order_by_hand():
@@ -63,16 +63,16 @@ def test_selectors_run_the_greedy_per_class_on_given_features():
     a = torch.tensor([[0, 0], [1, 0], [2, 0], [10, 0]], dtype=torch.float32)
     b = torch.tensor([[0, 0], [1, 0], [5, 0], [0, 4]], dtype=torch.float32)
     ds, feats = _feature_dataset([a, b])  # rows 0-3 class 0, rows 4-7 class 1
-    h = HerdingSelector().select(ds, 0.5, RunContext(), scores=feats)
+    h = HerdingSelector().select(ds, 0.5, RunContext(), prepared=feats)
     # class 1 herding: μ = (1.5, 1) → (1,0); target (2,2): (0,0) and (0,4) tie at √8 → the lower row
     assert h.indices.tolist() == [1, 2, 4, 5] and torch.equal(h.weights, torch.ones(4))
-    k = KCenterSelector().select(ds, 0.5, RunContext(), scores=feats)
+    k = KCenterSelector().select(ds, 0.5, RunContext(), prepared=feats)
     assert k.indices.tolist() == [2, 3, 5, 7]  # class 0: 2 (nearest μ) then 10 (farthest); class 1 as above
     assert k.info["kcenter_radius"] > 0
     with pytest.raises(SmallsetError):
-        HerdingSelector().select(ds, 0.5, RunContext(), scores=feats[:3])
+        HerdingSelector().select(ds, 0.5, RunContext(), prepared=feats[:3])
     with pytest.raises(SmallsetError):
-        KCenterSelector().select(ds, 0.5, RunContext(), scores=torch.zeros(len(ds)))
+        KCenterSelector().select(ds, 0.5, RunContext(), prepared=torch.zeros(len(ds)))
 
 
 def test_herding_matches_the_mean_and_kcenter_covers_better_than_random():
@@ -80,8 +80,8 @@ def test_herding_matches_the_mean_and_kcenter_covers_better_than_random():
     pts = [torch.randn(60, 3, generator=gen) * torch.tensor([3.0, 1.0, 0.5]) for _ in range(2)]
     ds, feats = _feature_dataset(pts)
     budgets = class_budgets(ds.class_counts(), 0.1)
-    herd = HerdingSelector().select(ds, 0.1, RunContext(), scores=feats)
-    kc = KCenterSelector().select(ds, 0.1, RunContext(), scores=feats)
+    herd = HerdingSelector().select(ds, 0.1, RunContext(), prepared=feats)
+    kc = KCenterSelector().select(ds, 0.1, RunContext(), prepared=feats)
     assert torch.bincount(ds.labels[herd.indices]).tolist() == budgets
     for c, p in enumerate(pts):
         mu = p.mean(0)
@@ -96,21 +96,21 @@ def test_herding_matches_the_mean_and_kcenter_covers_better_than_random():
         assert herd_err < min(rand_err)
         assert kc_radius < sum(rand_radius) / len(rand_radius)
     # nested: a smaller fraction keeps a prefix of the same greedy order
-    small = set(HerdingSelector().select(ds, 0.05, RunContext(), scores=feats).indices.tolist())
+    small = set(HerdingSelector().select(ds, 0.05, RunContext(), prepared=feats).indices.tolist())
     assert small <= set(herd.indices.tolist())
 
 
 def test_features_from_the_model(tiny_dataset):
     ds = tiny_dataset(n_per_class=8, num_classes=3)
-    f1 = HerdingSelector().score(ds, RunContext(seed=0, **CTX))
+    f1 = HerdingSelector().prepare(ds, RunContext(seed=0, **CTX))
     assert f1.shape == (len(ds), 8) and f1.dtype == torch.float32
-    assert torch.equal(f1, KCenterSelector().score(ds, RunContext(seed=0, **CTX)))  # same seeded model
-    assert not torch.equal(f1, HerdingSelector().score(ds, RunContext(seed=1, **CTX)))
-    trained = HerdingSelector(FeatureConfig(feature_epochs=2)).score(ds, RunContext(seed=0, **CTX))
+    assert torch.equal(f1, KCenterSelector().prepare(ds, RunContext(seed=0, **CTX)))  # same seeded model
+    assert not torch.equal(f1, HerdingSelector().prepare(ds, RunContext(seed=1, **CTX)))
+    trained = HerdingSelector(FeatureConfig(feature_epochs=2)).prepare(ds, RunContext(seed=0, **CTX))
     assert trained.shape == f1.shape and not torch.equal(trained, f1)
     sel = KCenterSelector().select(ds, 0.25, RunContext(seed=0, **CTX))  # computes features itself
-    again = KCenterSelector().select(ds, 0.25, RunContext(seed=0, **CTX), scores=f1)
+    again = KCenterSelector().select(ds, 0.25, RunContext(seed=0, **CTX), prepared=f1)
     assert torch.equal(sel.indices, again.indices)
     assert torch.bincount(ds.labels[sel.indices], minlength=3).tolist() == class_budgets(ds.class_counts(), 0.25)
     with pytest.raises(SmallsetError):
-        HerdingSelector(FeatureConfig(feature_epochs=-1)).score(ds, RunContext(**CTX))
+        HerdingSelector(FeatureConfig(feature_epochs=-1)).prepare(ds, RunContext(**CTX))

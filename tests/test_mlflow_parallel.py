@@ -1,9 +1,12 @@
 """Parallel processes logging to one SQLite MLflow store lose nothing (writes are serialised)."""
 import multiprocessing as mp
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import tracking
+
+pytestmark = pytest.mark.multiprocess
 
 
 def _worker(worker: int, parent: str, n: int) -> None:

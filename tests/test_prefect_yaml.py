@@ -38,3 +38,15 @@ def test_a_wrong_parameter_would_be_caught():
     flow = load_flow_from_entrypoint(str(ROOT / "flows/prune_flow.py") + ":prune_flow")
     with pytest.raises((SignatureMismatchError, ParameterTypeError)):
         flow.validate_parameters({"fractionn": 0.1})
+
+
+def test_a_wrong_run_option_would_be_caught():
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+    from prefect.flows import load_flow_from_entrypoint
+
+    flow = load_flow_from_entrypoint(str(ROOT / "flows/compare_flow.py") + ":compare_flow")
+    flow.validate_parameters({"options": {"model": "mlp", "eval_runs": 2}})
+    with pytest.raises((SignatureMismatchError, ParameterTypeError)):
+        flow.validate_parameters({"options": {"modell": "mlp"}})
+    with pytest.raises((SignatureMismatchError, ParameterTypeError)):
+        flow.validate_parameters({"options": {"eval_runs": 0}})

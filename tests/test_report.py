@@ -1,9 +1,12 @@
 """The comparison report built from a compare's MLflow runs."""
 import re
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import report, tracking
+
+pytestmark = pytest.mark.server  # the shared tiny compare runs through Prefect's test server
 
 
 def test_compare_matrix_and_report(tiny_compare):

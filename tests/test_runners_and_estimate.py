@@ -6,8 +6,10 @@ from smallset import estimate
 from smallset.errors import SmallsetError
 from smallset.report import pareto_front
 from smallset.train import EvalResult
-from smallset.tasks import runners, steps
-from tests.conftest import make_tiny_dataset
+from smallset.options import RunOptions
+from smallset.tasks import record, runners, steps
+from smallset.tasks.spec import Budget, resolve_cell
+from helpers import make_tiny_dataset
 
 
 def test_gpu_placement_one_cell_per_gpu_with_a_fake_device_count():
@@ -42,11 +44,11 @@ def test_bad_runner_arguments(args, message):
 
 def test_cross_architecture_matrix_columns():
     e = lambda m, a: EvalResult("quick", m, [a, a], [1.0, 2.0], 5)
-    cols = steps.accuracy_columns({"convnet": e("convnet", 0.9), "mlp": e("mlp", 0.7)})
+    cols = record.accuracy_columns({"convnet": e("convnet", 0.9), "mlp": e("mlp", 0.7)})
     assert cols["test_accuracy"] == pytest.approx(0.9) and cols["test_accuracy/convnet"] == pytest.approx(0.9)
     assert cols["test_accuracy/mlp"] == pytest.approx(0.7)
     assert cols["eval_train_seconds/mlp"] == 3.0
-    assert steps.accuracy_columns({"mlp": e("mlp", 0.5)}) == {"test_accuracy": 0.5, "test_accuracy_std": 0.0,
+    assert record.accuracy_columns({"mlp": e("mlp", 0.5)}) == {"test_accuracy": 0.5, "test_accuracy_std": 0.0,
                                                               "eval_train_seconds": 3.0}
 
 
@@ -76,8 +78,8 @@ def test_estimate_refuses_what_cannot_fit_unless_forced():
 def test_preflight_refuses_through_the_pipeline(monkeypatch):
     monkeypatch.setattr(estimate, "available_bytes", lambda device: 1024)
     ds = make_tiny_dataset(n_per_class=5, size=16)
-    spec = steps.CellSpec(method="random", budget=steps.Budget(0.5), model="mlp", device="cpu")
+    cell = resolve_cell("random", Budget(fraction=0.5), RunOptions(model="mlp", device="cpu"))
     with pytest.raises(SmallsetError, match="--force"):
-        steps.preflight(spec, ds, "test")
-    spec.force = True
-    steps.preflight(spec, ds, "test")
+        steps.preflight(cell, ds, "test")
+    cell.options.force = True
+    steps.preflight(cell, ds, "test")

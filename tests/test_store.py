@@ -7,7 +7,7 @@ import torch
 from smallset import store
 from smallset.data import load_source
 from smallset.errors import SmallsetError
-from tests.conftest import make_tiny_dataset
+from helpers import make_tiny_dataset
 
 
 def _meta(ds, kind="prune"):

@@ -1,8 +1,11 @@
 """compare on a 2-worker local Dask cluster equals the sequential run, and every child is in MLflow."""
+import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import store, tracking
-from tests.conftest import TINY_COMPARE
+from helpers import tiny_compare_kwargs
+
+pytestmark = [pytest.mark.dask, pytest.mark.server, pytest.mark.slow]
 
 
 def _key(r):
@@ -15,7 +18,7 @@ def test_dask_sweep_equals_sequential(tiny_compare, tiny_parquet_session, tmp_pa
 
     runner = make_task_runner("dask", workers=2)
     rows = compare_flow.with_options(task_runner=runner)(
-        source=f"parquet:{tiny_parquet_session}", output_dir=str(tmp_path), report=False, **TINY_COMPARE)
+        output_dir=str(tmp_path), report=False, **tiny_compare_kwargs(f"parquet:{tiny_parquet_session}"))
     seq = {_key(r): r for r in tiny_compare}
     par = {_key(r): r for r in rows}
     assert len(par) == 5 and set(par) == set(seq)  # 2 budgets × 2 seeds + full data

@@ -5,7 +5,7 @@ import pytest
 from smallset.errors import SmallsetError
 from smallset.models import create_model
 from smallset.train import PROTOCOLS, evaluate, fit, get_protocol, weighted_cross_entropy
-from tests.conftest import make_tiny_dataset
+from helpers import make_tiny_dataset
 
 
 def test_weighted_loss_by_hand():
@@ -86,5 +86,5 @@ def test_bad_protocol_and_runs():
     with pytest.raises(SmallsetError, match="Unknown protocol"):
         get_protocol("slow")
     ds = make_tiny_dataset(n_per_class=2)
-    with pytest.raises(SmallsetError, match="eval-runs"):
+    with pytest.raises(SmallsetError, match="eval_runs"):
         evaluate(ds, ds, "mlp", "quick", runs=0)

@@ -1,45 +1,11 @@
 """Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021) on kornia.
 
-condensation-methods.md §3. Six differentiable transformation families work on normalised images
-(so the "zero" fill of crop/cutout/scale/rotate is the dataset's mean colour):
+Six differentiable transformation families (color, crop, cutout, flip, scale, rotate) on normalised images,
+one family per call (mode 'S'): Siamese (one parameter set shared by every image of the batches given, or
+per group with :meth:`DSA.siamese_groups`) for matching, non-Siamese (independent parameters per image) for
+inner loops and evaluation, where it is registered as the ``dsa`` training-time augmentation.
 
-===========  ==========================================  =============================================
-token        parameters (``DSAConfig`` = ParamDiffAug)    operation
-===========  ==========================================  =============================================
-``color``    u1, u2, u3 ~ U[0, 1)                         brightness x + (u1 − ½)·1; saturation
-                                                          (x − m_c)·2u2 + m_c (m_c = channel mean per
-                                                          pixel); contrast (x − m)·(u3 + ½) + m (m = image
-                                                          mean) — applied in this order
-``crop``     integers tx, ty ~ U{−s..s}, s = int(⅛·H+½)   translate by (tx, ty) pixels, zero fill
-``cutout``   centre ~ U{0..H}×U{0..W}, side int(½·H+½)    zero a side×side square (clipped)
-``flip``     u ~ U[0, 1)                                  horizontal flip when u < ½
-``scale``    sx, sy ~ U[1/1.2, 1.2]                       affine grid diag(sx, sy), bilinear, zero fill
-``rotate``   angle ~ U[−15°, 15°]                         affine grid rotation, bilinear, zero fill
-===========  ==========================================  =============================================
-
-Mode 'S' (the reference default, §3.2): each call picks ONE token uniformly from the strategy string and
-applies only that family.
-
-Siamese sharing (§3.3): :meth:`DSA.siamese` draws one family and one parameter set and applies it to
-every image of every batch it is given (the real and the synthetic batch of a class), so gradients
-flow through the same transformation into the synthetic pixels. :meth:`DSA.siamese_groups` does the
-same for many classes at once in one batched call: each group (class) gets its own family and
-parameter set, shared by all rows of that group in every batch — what DSA/DM do class by class, with
-no Python loop over classes. :meth:`DSA.__call__` is the non-Siamese mode (inner loops, evaluation):
-one family per call, independent parameters per image.
-
-Implementation notes / deviations from the reference ``ParamDiffAug`` code:
-
-- No seed replaying: parameters are sampled from an explicit ``torch.Generator`` (on the generator's
-  device — normally the CPU, so results do not depend on the accelerator) and moved to the images'
-  device. The distributions are those of §3.2.
-- ``crop`` uses ``kornia.geometry.transform.translate`` with nearest sampling (exact for integer shifts,
-  zero padding); ``flip`` uses kornia's ``hflip``; ``scale``/``rotate`` build the reference's normalised
-  affine matrix θ and warp with ``kornia.geometry.transform.warp_affine(align_corners=True)`` —
-  ``align_corners=True`` is the behaviour of the torch 1.2 ``affine_grid`` the reference targeted.
-  ``color`` and ``cutout`` are direct tensor ops: kornia's ColorJitter/RandomErasing use other
-  parametrisations (§3.4) and would not reproduce DSA.
-- The strategy token ``none`` (or an empty strategy) means no augmentation.
+Rationale and the paper's recipe: docs/methods/dsa-augmentation.md.
 """
 from __future__ import annotations
 
@@ -52,7 +18,10 @@ from kornia.geometry.conversions import denormalize_homography
 from kornia.geometry.transform import hflip, translate, warp_affine
 
 from smallset.errors import SmallsetError
-from smallset.train import AUGMENTATIONS
+from smallset.registry import Registry
+
+# Training-time augmentations, name → fn(x_normalised, generator) -> x (the evaluation's ``augment``).
+AUGMENTATIONS: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("augmentation")
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
@@ -61,13 +30,13 @@ FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 def default_strategy(channels: int) -> str:
     """The reference strategy: no flip for 1-channel (MNIST-like) images (digits are not mirror
-    symmetric), all six families otherwise (§3.2)."""
+    symmetric), all six families otherwise (docs/methods/dsa-augmentation.md#dsa-transformations)."""
     return NO_FLIP_STRATEGY if int(channels) == 1 else DEFAULT_STRATEGY
 
 
 @dataclass
-class DSAConfig:
-    """Parameter ranges of the reference ``ParamDiffAug`` (§3.2)."""
+class DSAParams:
+    """Parameter ranges of the reference ``ParamDiffAug`` (docs/methods/dsa-augmentation.md#dsa-transformations)."""
 
     brightness: float = field(default=1.0, metadata={"help": "brightness shift range: x + (u − 0.5)·brightness"})
     saturation: float = field(default=2.0, metadata={"help": "saturation factor range [0, saturation)"})
@@ -95,12 +64,13 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
 
 
 class DSA:
-    """Differentiable (Siamese) augmentation with one family per call (mode 'S', §3.2–3.3)."""
+    """Differentiable (Siamese) augmentation with one family per call (mode 'S',
+    docs/methods/dsa-augmentation.md#dsa-transformations and #dsa-siamese)."""
 
-    def __init__(self, strategy: str = DEFAULT_STRATEGY, config: DSAConfig | None = None):
+    def __init__(self, strategy: str = DEFAULT_STRATEGY, config: DSAParams | None = None):
         self.strategy = strategy
         self.tokens = parse_strategy(strategy)
-        self.config = config if config is not None else DSAConfig()
+        self.config = config if config is not None else DSAParams()
         if self.config.scale < 1.0:
             raise SmallsetError("DSA scale must be at least 1 (factors lie in [1/scale, scale]).")
         self._ops: dict[str, Callable[[torch.Tensor, dict], torch.Tensor]] = {
@@ -122,8 +92,8 @@ class DSA:
         return self._ops[self.tokens[fam]](x, self._to(params, x.device))
 
     def siamese(self, *batches: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """One family and ONE parameter set shared by every image of every batch (§3.3); returns the
-        batches augmented, in the order given."""
+        """One family and ONE parameter set shared by every image of every batch
+        (docs/methods/dsa-augmentation.md#dsa-siamese); returns the batches augmented, in the order given."""
         if not batches:
             return ()
         for b in batches:
@@ -288,7 +258,8 @@ _BY_STRATEGY: dict[str, DSA] = {}
 
 def dsa_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The ``dsa`` training-time augmentation of the evaluation protocol: non-Siamese DSA with the
-    default strategy for the images' channel count (§1.4, §3.2)."""
+    default strategy for the images' channel count (docs/methods/evaluation.md#evaluation-protocol,
+    docs/methods/dsa-augmentation.md#dsa-transformations)."""
     strategy = default_strategy(x.shape[1])
     if strategy not in _BY_STRATEGY:
         _BY_STRATEGY[strategy] = DSA(strategy)

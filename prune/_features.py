@@ -111,7 +111,7 @@ def check_features(ds: ImageDataset, feats) -> torch.Tensor:
         shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
         raise SmallsetError(
             f"Expected an N×D feature tensor with N = {len(ds)} rows as scores, got {shape}; "
-            f"pass the output of this method's score() or leave scores unset."
+            f"pass the output of this method's prepare() or leave it unset."
         )
     if not torch.isfinite(feats).all():
         raise SmallsetError("The features contain NaN or infinite values; check the feature model.")
@@ -124,7 +124,7 @@ def check_scores(ds: ImageDataset, scores) -> torch.Tensor:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise SmallsetError(
             f"Expected one score per example ({len(ds)}), got {shape}; "
-            f"pass the output of this method's score() or leave scores unset."
+            f"pass the output of this method's prepare() or leave it unset."
         )
     if not torch.isfinite(scores).all():
         raise SmallsetError("The scores contain NaN or infinite values.")
@@ -167,31 +167,27 @@ def top_per_class(ds: ImageDataset, scores: torch.Tensor, fraction: float, highe
 # --- herding / k-center: features of ctx.model -----------------------------------------------------------
 @dataclass
 class FeatureConfig:
-    feature_epochs: int = field(default=0, metadata={
+    feature_epochs: int = field(default=0, metadata={"prepare": True, 
         "help": "0: features of the randomly initialised (seeded) model; N: train it N epochs on the data first"})
-    feature_lr: float = field(default=0.01, metadata={
+    feature_lr: float = field(default=0.01, metadata={"prepare": True, 
         "help": "SGD learning rate when training the feature model (feature_epochs > 0)"})
 
 
 class FeatureSelector(Selector):
     """Base of the selectors that run a greedy loop on penultimate features (herding, k-center).
 
-    ``score`` returns the N×D features ``ctx.model.embed(x)`` (not a ranking, hence ``higher_is_keep =
+    ``prepare`` returns the N×D features ``ctx.model.embed(x)`` (not a ranking, hence ``higher_is_keep =
     None``); ``select`` runs the method's greedy order per class on them (:meth:`greedy_order`) and keeps the
-    first round(fraction·n_c). The greedy order does not depend on the budget, so smaller fractions give
-    nested subsets. The feature model is ``ctx.model`` initialised from ``ctx.seed``: left random
-    (``feature_epochs = 0``, default) or trained ``feature_epochs`` epochs on the full data (SGD, momentum
-    0.9, weight decay 5e-4, batch 256, constant ``feature_lr``, no augmentation). The condensation papers
-    used a ConvNet trained on the full set (condensation-methods.md §6, recalled); the random default is
-    the cheap, training-free reading.
+    first round(fraction·n_c), so smaller fractions give nested subsets. The feature model is ``ctx.model``
+    from ``ctx.seed``, random or trained ``feature_epochs`` epochs (docs/methods/herding.md,
+    docs/methods/kcenter.md).
     """
 
     config_cls = FeatureConfig
-    higher_is_keep = None  # score() returns features, not a ranking
+    higher_is_keep = None  # prepare() returns features, not a ranking
     uses_model = True
-    score_fields = ("feature_epochs", "feature_lr")
 
-    def score(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         model = trained_feature_model(ds, ctx, self.config.feature_epochs, lr=self.config.feature_lr)
         return embed_features(model, ds, ctx.device)
 
@@ -201,9 +197,9 @@ class FeatureSelector(Selector):
 
     quality_key: str = "quality"
 
-    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, scores=None) -> Selection:
+    def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
-        feats = check_features(ds, self.score(ds, ctx) if scores is None else scores)
+        feats = check_features(ds, self.prepare(ds, ctx) if prepared is None else prepared)
         budgets = class_budgets(ds.class_counts(), fraction)
         keep, quality = [], []
         for idx, k in zip(class_positions(ds), budgets):

@@ -1,0 +1,126 @@
+"""Shared machinery of the matching condensers (DC, DSA, CAFE): the per-class real-image sampler, the
+inner-loop training on the synthetic set, BatchNorm freezing, and the run state they set up alike.
+Not a condenser: registers nothing."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
+from smallset.models import seeded_model
+from smallset.distill.base import Condenser, init_synthetic
+
+# Real images per class forwarded to set the BatchNorm statistics before matching (reference: BNSizePC).
+BN_IMAGES_PER_CLASS = 16
+
+
+class RealSampler:
+    """The real training set on the device, normalised, with per-class random batches
+    (docs/methods/dc.md#condensation-data)."""
+
+    def __init__(self, ds: ImageDataset, device: torch.device):
+        self.device = torch.device(device)
+        self.x = ds.normalized().to(self.device)
+        self.class_idx = ds.class_indices()
+        self.num_classes = ds.num_classes
+
+    def indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``min(n, class size)`` random distinct rows of class ``c`` (a fresh permutation per draw)."""
+        idx = self.class_idx[c]
+        return idx[torch.randperm(len(idx), generator=generator)[:n]]
+
+    def batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.x[self.indices(c, n, generator).to(self.device)]
+
+    def batch_all(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-major batch: ``min(n, size of c)`` images of every class c, and their labels."""
+        picks = [self.indices(c, n, generator) for c in range(self.num_classes)]
+        labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
+        return self.x[torch.cat(picks).to(self.device)], labels.to(self.device)
+
+
+def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                       batch_size: int, generator: torch.Generator,
+                       augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Train ``net`` for ``epochs`` shuffled epochs of plain CE on the (detached) set ``x, y`` (the inner
+    loop, docs/methods/dc.md#dc-algorithm); ``augment`` (DSA, non-Siamese) is applied to every mini-batch.
+    Returns the last batch loss."""
+    net.train()
+    x, y = x.detach(), y.detach()
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=generator).to(x.device)
+        for start in range(0, len(x), batch_size):
+            idx = perm[start:start + batch_size]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb)
+            loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return float(loss.detach())
+
+
+def freeze_batchnorm(net: nn.Module, sampler: RealSampler, generator: torch.Generator) -> None:
+    """For networks with BatchNorm (docs/methods/dc.md#dc-algorithm): set the running statistics from 16 real
+    images per class in train mode, then put every BatchNorm layer in eval mode. A no-op for other networks."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    x, _ = sampler.batch_all(BN_IMAGES_PER_CLASS, generator)
+    net.train()
+    with torch.no_grad():
+        net(x)
+    for m in bns:
+        m.eval()
+
+
+def check_positive(cfg, names: Sequence[str], allow_zero: Sequence[str] = ()) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v < 0 or (v == 0 and name not in allow_zero):
+            bound = "at least 0" if name in allow_zero else "positive"
+            raise SmallsetError(f"{name} must be {bound}; got {v}.", option=name)
+
+
+def setup_matching_state(cond: Condenser, ds: ImageDataset, ipc: int, ctx: RunContext, **more_generators: int) -> None:
+    """The run state DC, DSA and CAFE share, set on ``cond``: context, device, shapes, named generators
+    (``init``, ``real``, ``shuffle``, ``aug``, ``net``, plus ``more_generators`` name → offset), the synthetic
+    images initialised by ``cond.config.init`` with their SGD optimiser (``lr_img``, ``momentum_img``) and
+    the per-class real-image sampler."""
+    cfg = cond.config
+    if cfg.init not in ("real", "noise"):
+        raise SmallsetError(f"init must be real or noise; got {cfg.init!r}.", option="init")
+    cond.ctx, cond.ipc = ctx, ipc
+    cond.device = torch.device(ctx.device)
+    cond.num_classes = ds.num_classes
+    cond.shape = (ds.channels, ds.image_size)
+    cond.generators = {
+        "init": ctx.generator(1),
+        "real": ctx.generator(2),
+        "shuffle": ctx.generator(3),
+        "aug": ctx.generator(4),
+        **{name: ctx.generator(offset) for name, offset in more_generators.items()},
+        # networks: the stream torch.manual_seed(seed) gives, as before this was a named generator
+        "net": torch.Generator().manual_seed(ctx.seed),
+    }
+    syn, labels = init_synthetic(ds, ipc, cfg.init, cond.generators["init"])
+    cond.init_images = syn.clone()
+    cond.syn = syn.to(cond.device).requires_grad_(True)
+    cond.labels = labels.to(cond.device)
+    cond.opt = torch.optim.SGD([cond.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
+    cond.sampler = RealSampler(ds, cond.device)
+
+
+def new_network(cond: Condenser) -> nn.Module:
+    """The next freshly initialised network of ``cond``'s ``net`` generator, in train mode on its device."""
+    c, size = cond.shape
+    net = seeded_model(cond.ctx.model, c, cond.num_classes, size, cond.generators["net"],
+                       **(cond.ctx.model_kwargs or {}))
+    return net.to(cond.device).train()

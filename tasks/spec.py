@@ -1,0 +1,168 @@
+"""What a run will do, resolved and validated once: budgets, cells, output paths.
+
+:func:`resolve_cell` is the one place where a method name, a budget, method options and the shared
+:class:`~smallset.options.RunOptions` are checked and turned into a :class:`Cell` (the typed config is
+built here, once) that the prepare, reduce, evaluate and record steps use as given. Everything it
+checks needs no data, so the command line calls it before any flow or server starts; checks that need the
+data (an ipc above the smallest class, label types) happen in the steps.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smallset.errors import SmallsetError
+from smallset.options import RunOptions
+from smallset.tasks.methods import method_class
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A reduction budget: a fraction of the source for pruning, images per class for distillation."""
+
+    fraction: float | None = None
+    ipc: int | None = None
+
+    def for_kind(self, kind: str, n_examples: int, n_classes: int) -> "Budget":
+        """The same budget in the unit of ``kind``'s methods (matched on the number of images)."""
+        if kind == "prune" and self.fraction is None:
+            return Budget(fraction=min(1.0, self.ipc * n_classes / n_examples), ipc=self.ipc)
+        if kind == "distill" and self.ipc is None:
+            return Budget(fraction=self.fraction, ipc=max(1, round(self.fraction * n_examples / n_classes)))
+        return self
+
+    def value(self, kind: str) -> float | int:
+        return self.ipc if kind == "distill" else self.fraction
+
+    def label(self, kind: str) -> str:
+        return f"ipc={self.ipc}" if kind == "distill" else f"fraction={self.fraction:g}"
+
+
+@dataclass
+class Checkpointing:
+    """Where a long condensation saves its state, and whether it resumes from it."""
+
+    directory: str | None = None
+    every: int = 0
+    resume: bool = False
+
+
+@dataclass
+class Cell:
+    """One resolved unit of work: a method with its typed config at a budget, and the run's options."""
+
+    method: str
+    kind: str
+    budget: Budget
+    config: Any
+    options: RunOptions
+    output: str | None = None
+    checkpointing: Checkpointing = field(default_factory=Checkpointing)
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    def method_instance(self):
+        return method_class(self.method)(self.config)
+
+
+def check_budget(kind: str, budget: Budget) -> Budget:
+    from smallset.prune.base import check_fraction
+
+    if kind == "prune" and budget.fraction is not None:
+        return Budget(fraction=check_fraction(budget.fraction), ipc=budget.ipc)
+    if kind == "distill" and budget.ipc is not None:
+        if isinstance(budget.ipc, bool) or int(budget.ipc) != budget.ipc or budget.ipc < 1:
+            raise SmallsetError(f"ipc must be a whole number of at least 1; got {budget.ipc}.", option="ipc")
+    return budget
+
+
+def check_options(options: RunOptions) -> None:
+    """The checks of ``options`` that need the registries: model, evaluation models, protocol, device."""
+    from smallset.models import MODELS, resolve_device
+    from smallset.train import get_protocol
+
+    for name in [options.model, *options.eval_models]:
+        MODELS.get(name)
+    get_protocol(options.protocol, augment=options.eval_augment, epochs=options.eval_epochs)
+    resolve_device(options.device)
+
+
+def check_output(output: str | None) -> None:
+    if not output:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise SmallsetError(f"output {output} is a directory; give a file name ending in .parquet.", option="output")
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SmallsetError(f"output {output} is inside {probe}, which is a file, not a directory.", option="output")
+
+
+def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: dict | None = None, *,
+                 kind: str | None = None, output: str | None = None,
+                 checkpointing: Checkpointing | None = None) -> Cell:
+    """Validate everything about one cell that needs no data and build its typed config once.
+
+    ``kind``, when given, is the kind the caller expects (``smallset prune`` runs selectors only).
+    """
+    cls = method_class(method)
+    if kind is not None and cls.kind != kind:
+        what = "a distillation" if cls.kind == "distill" else "a pruning"
+        raise SmallsetError(f"{method} is {what} method; run it with `smallset {cls.kind}`.")
+    budget = check_budget(cls.kind, budget)
+    config = cls.make_config(overrides, budget.ipc if cls.kind == "distill" else None)
+    check_options(options)
+    check_output(output)
+    return Cell(method=method, kind=cls.kind, budget=budget, config=config, options=options, output=output,
+                checkpointing=checkpointing or Checkpointing())
+
+
+def check_source(source: str) -> None:
+    """The source string's form and, for local paths, that they exist (no data is read)."""
+    from smallset.data import SOURCES
+
+    if ":" not in source:
+        raise SmallsetError(f"Source {source!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet "
+                            f"or builtin:mnist-mini.", option="source")
+    kind, arg = source.split(":", 1)
+    SOURCES.get(kind)
+    if kind in ("parquet", "folder") and not Path(arg).expanduser().exists():
+        raise SmallsetError(f"No such file or directory: {arg}; give an existing path after {kind}:.", option="source")
+
+
+def default_output(source_id: str, cell: Cell, out_dir: str | Path = "smallset-out") -> Path:
+    """``OUT_DIR/<source>-<method>-<budget>-s<seed>.parquet``; only safe characters reach the file name."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", source_id.split(":", 1)[-1]).strip("-")[-40:] or "source"
+    method = re.sub(r"[^A-Za-z0-9_-]+", "-", cell.method)
+    b = f"ipc{cell.budget.ipc}" if cell.kind == "distill" else f"f{cell.budget.fraction:g}"
+    return Path(out_dir) / f"{slug}-{method}-{b}-s{cell.seed}.parquet"
+
+
+def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], options: RunOptions,
+               params: dict[str, dict], n_examples: int, n_classes: int) -> list[Cell]:
+    """Every method × budget × seed, each budget in its method's unit; duplicates after conversion dropped."""
+    if not budgets:
+        raise SmallsetError("A compare needs at least one budget: give fractions and/or ipcs.", option="fractions")
+    for name in params:
+        if name not in methods:
+            raise SmallsetError(f"Options are given for {name}, which is not among the methods compared.")
+    cells = []
+    for method in methods:
+        kind = method_class(method).kind
+        seen = set()
+        for b in budgets:
+            b = b.for_kind(kind, n_examples, n_classes)
+            if b.value(kind) in seen:
+                continue
+            seen.add(b.value(kind))
+            for seed in seeds:
+                cells.append(resolve_cell(method, b, options.model_copy(update={"seed": seed}),
+                                          params.get(method, {})))
+    return cells

@@ -1,0 +1,114 @@
+"""The method contract, checked for every registered selector and condenser (no list to keep up to date:
+a new registry entry is picked up here). Each method runs on a tiny dataset with its ``smoke`` settings,
+through the same prepare → reduce path the pipeline uses, and must write a valid Parquet file that reads
+back exactly, give the same set for the same seed and (condensers) resume exactly after an interruption."""
+import pytest
+import torch
+
+from smallset import store
+from smallset.context import RunContext
+from smallset.data import ImageDataset
+from smallset.method import Method, Reduction
+from smallset.tasks.methods import all_methods, method_class
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BUDGET = {"prune": 0.5, "distill": 2}
+
+
+def ctx(seed: int = 0, **kw) -> RunContext:
+    return RunContext(seed=seed, model="convnet-s", model_kwargs={"width": 8}, **kw)
+
+
+def run(name: str, ds: ImageDataset, seed: int = 0, **ctx_kw) -> Reduction:
+    cls = method_class(name)
+    method = cls(cls.make_config(cls.smoke, BUDGET[cls.kind]))
+    c = ctx(seed, **ctx_kw)
+    prepared = method.prepare(ds, c) if cls.has_prepare() else None
+    return method.reduce(ds, BUDGET[cls.kind], c, prepared)
+
+
+@pytest.fixture(scope="module")
+def ds(request):
+    from helpers import make_tiny_dataset
+
+    return make_tiny_dataset(n_per_class=6, num_classes=3, size=8)
+
+
+def test_every_method_follows_the_naming_rule():
+    for name in all_methods():
+        cls = method_class(name)
+        assert issubclass(cls, Method) and cls.name == name
+        suffix = "Selector" if cls.kind == "prune" else "Condenser"
+        assert cls.__name__.endswith(suffix), cls.__name__
+        assert cls.config_cls.__name__.endswith("Config"), cls.config_cls.__name__
+        assert cls.budget_unit == {"prune": "fraction", "distill": "ipc"}[cls.kind]
+        cls.make_config(cls.demo)  # the demo settings name real options
+        cls.make_config(cls.smoke)
+
+
+@pytest.mark.parametrize("name", all_methods())
+def test_reduces_writes_valid_parquet_and_is_deterministic(name, ds, tmp_path):
+    cls = method_class(name)
+    out = run(name, ds, seed=1)
+    red = out.dataset
+    assert len(red) > 0 and red.classes == ds.classes and red.image_size == ds.image_size
+    assert torch.isfinite(red.images).all() and torch.isfinite(red.effective_weights()).all()
+    if cls.kind == "distill":
+        assert red.class_counts() == [BUDGET["distill"]] * ds.num_classes
+        assert (red.source_index == -1).all()
+    else:
+        assert ((red.source_index >= 0) & (red.source_index < len(ds))).all()
+        assert torch.equal(red.images, ds.images[red.source_index])
+    meta = store.build_metadata(red, method=name, kind=cls.kind, params=cls().params(), seed=1, source="tiny",
+                                source_digest=ds.digest, protocol="quick")
+    path = store.write_reduced(red, tmp_path / f"{name}.parquet", meta)
+    back = store.read_reduced(path)
+    assert back.same_content(red) and store.read_metadata(path)["method"] == name
+    again = run(name, ds, seed=1).dataset
+    assert again.same_content(red), f"{name}: the same seed gave a different set"
+
+
+@pytest.mark.parametrize("name", [n for n in all_methods() if method_class(n).has_prepare()])
+def test_preparation_is_cacheable(name, ds):
+    """The prepared value is a pure function of its key: recomputed, it is equal, and reduce gives the same
+    set whether it prepares itself or is handed the prepared value."""
+    cls = method_class(name)
+    method = cls(cls.make_config(cls.smoke))
+    a, b = method.prepare(ds, ctx(2)), method.prepare(ds, ctx(2))
+    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    assert method.prepare_params(), f"{name} prepares but marks no config field prepare=True"
+    handed = method.reduce(ds, BUDGET[cls.kind], ctx(2), a).dataset
+    own = method.reduce(ds, BUDGET[cls.kind], ctx(2)).dataset
+    assert handed.same_content(own)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", [n for n in all_methods() if method_class(n).kind == "distill"])
+def test_condenser_resumes_exactly(name, ds, tmp_path):
+    cls = method_class(name)
+    config = cls.make_config(cls.smoke, BUDGET["distill"])
+    total = cls(config).iterations()
+    assert total >= 2, f"{name}'s smoke settings need at least 2 iterations to test resume"
+    half = total // 2
+    straight = cls(config).condense(ds, BUDGET["distill"], ctx(3))
+
+    first = cls(config)
+    step = first.step
+
+    def stop_at_half(it):
+        if it == half:
+            raise Interrupted
+        return step(it)
+
+    first.step = stop_at_half
+    with pytest.raises(Interrupted):
+        first.condense(ds, BUDGET["distill"], ctx(3, checkpoint_dir=tmp_path, checkpoint_every=half))
+    resumed = cls(config).condense(ds, BUDGET["distill"], ctx(3, checkpoint_dir=tmp_path, checkpoint_every=half,
+                                                              resume=True))
+    assert resumed.info["resumed_from"] == half
+    assert torch.equal(resumed.images, straight.images)
+    assert resumed.info["loss_curve"] == straight.info["loss_curve"]
