@@ -1,4 +1,4 @@
-"""CREST vs full-data and random training at the same SGD-step budget (pruning-methods.md §1).
+"""CREST vs full-data and random training at the same SGD-step budget (docs/methods/crest.md).
 
 For each dataset and seed, in one process and with the same model, optimiser and schedule (CREST's
 reference recipe scaled to ``--epochs``: SGD lr 0.1 without momentum, weight decay 1e-4, batch 128, linear

@@ -66,3 +66,29 @@ def tiny_compare_kwargs(source: str) -> dict:
     from smallset.options import RunOptions
 
     return dict(TINY_COMPARE, options=RunOptions(source=source, **TINY_COMPARE_OPTIONS))
+
+
+class Interrupted(Exception):
+    """Raised inside a condenser's step to simulate a kill."""
+
+
+def straight_and_resumed(cls, config, ds, ipc: int, make_ctx, checkpoint_dir, half: int):
+    """An uninterrupted condensation and one stopped at iteration ``half`` then resumed from its checkpoint
+    (checkpoints every ``half`` iterations in ``checkpoint_dir``); ``make_ctx(**kw)`` builds the RunContext."""
+    import pytest
+
+    straight = cls(config).condense(ds, ipc, make_ctx())
+    first = cls(config)
+    step = first.step
+
+    def stop_at_half(it):
+        if it == half:
+            raise Interrupted
+        return step(it)
+
+    first.step = stop_at_half
+    with pytest.raises(Interrupted):
+        first.condense(ds, ipc, make_ctx(checkpoint_dir=checkpoint_dir, checkpoint_every=half))
+    resumed = cls(config).condense(ds, ipc, make_ctx(checkpoint_dir=checkpoint_dir, checkpoint_every=half,
+                                                        resume=True))
+    return straight, resumed

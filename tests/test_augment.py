@@ -1,4 +1,4 @@
-"""DSA augmentation (condensation-methods.md §3): parameter distributions, exact ops, Siamese sharing,
+"""DSA augmentation (docs/methods/dsa-augmentation.md): parameter distributions, exact ops, Siamese sharing,
 gradients into the synthetic pixels, registration for the evaluation protocol."""
 import math
 

@@ -1,4 +1,4 @@
-"""CAFE (§5): stop rules on scripted accuracies (incl. the accumulator quirk), the batched losses
+"""CAFE (docs/methods/cafe.md): stop rules on scripted accuracies (incl. the accumulator quirk), the batched losses
 against a per-class loop, the loop wiring, any class/channel/size count, learning on tiny data."""
 import pytest
 import torch
@@ -69,7 +69,7 @@ def test_caps_end_a_loop_that_never_meets_its_rule():
 
 def test_loop_wiring_follows_scripted_probes(tiny_dataset):
     """Outer probes 0.1, 0.5, 0.51 and inner probes 0.2, 0.3 | 0.5, 0.51, 0.6 with window 2, no quirk:
-    the outer loop takes 3 image steps, the inner loops run 2 then 3 epochs (§5.3)."""
+    the outer loop takes 3 image steps, the inner loops run 2 then 3 epochs (docs/methods/cafe.md)."""
     ds = tiny_dataset(n_per_class=4, num_classes=2, size=8)
     cfg = CAFEConfig(iterations=1, watch_window=2, accumulator_quirk=False, batch_real=4, probe_per_class=4)
     cafe = CONDENSERS.get("cafe")(cfg)

@@ -10,6 +10,7 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.method import Method, Reduction
 from smallset.tasks.methods import all_methods, method_class
+from helpers import straight_and_resumed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,10 +84,6 @@ def test_preparation_is_cacheable(name, ds):
     assert handed.same_content(own)
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", [n for n in all_methods() if method_class(n).kind == "distill"])
 def test_condenser_resumes_exactly(name, ds, tmp_path):
     cls = method_class(name)
@@ -94,21 +91,8 @@ def test_condenser_resumes_exactly(name, ds, tmp_path):
     total = cls(config).iterations()
     assert total >= 2, f"{name}'s smoke settings need at least 2 iterations to test resume"
     half = total // 2
-    straight = cls(config).condense(ds, BUDGET["distill"], ctx(3))
-
-    first = cls(config)
-    step = first.step
-
-    def stop_at_half(it):
-        if it == half:
-            raise Interrupted
-        return step(it)
-
-    first.step = stop_at_half
-    with pytest.raises(Interrupted):
-        first.condense(ds, BUDGET["distill"], ctx(3, checkpoint_dir=tmp_path, checkpoint_every=half))
-    resumed = cls(config).condense(ds, BUDGET["distill"], ctx(3, checkpoint_dir=tmp_path, checkpoint_every=half,
-                                                              resume=True))
+    straight, resumed = straight_and_resumed(cls, config, ds, BUDGET["distill"], lambda **kw: ctx(3, **kw),
+                                             tmp_path, half)
     assert resumed.info["resumed_from"] == half
     assert torch.equal(resumed.images, straight.images)
     assert resumed.info["loss_curve"] == straight.info["loss_curve"]

@@ -1,4 +1,4 @@
-"""CREST (prune/crest.py) and greedy facility location (prune/submodular.py); pruning-methods.md §1."""
+"""CREST (prune/crest.py) and greedy facility location (prune/submodular.py); docs/methods/crest.md."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""DC (§2) and DSA (§3): the layer-wise distance by hand, the per-ipc loops, learning on tiny data."""
+"""DC (docs/methods/dc.md) and DSA (docs/methods/dsa.md): the layer-wise distance by hand, the per-ipc loops, learning on tiny data."""
 import math
 
 import pytest

@@ -8,15 +8,12 @@ from smallset.distill.base import CONDENSERS
 from smallset.distill.cafe import CAFEConfig
 from smallset.distill.dc import DCConfig
 from smallset.distill.dsa import DSAConfig
+from helpers import straight_and_resumed
 
 N, HALF = 4, 2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
-
-
-class Interrupted(Exception):
-    pass
 
 
 def ctx(**kw):
@@ -40,22 +37,7 @@ def test_resume_is_exact(tiny_dataset, tmp_path, key):
     ds = tiny_dataset(n_per_class=6, num_classes=3, size=8)
     name = key.split("+")[0]
     cls, cfg, ipc = CONDENSERS.get(name), CONFIGS[key], 2
-    straight = cls(cfg).condense(ds, ipc, ctx())
-
-    first = cls(cfg)
-    step = first.step
-
-    def stop_at_half(it):
-        if it == HALF:
-            raise Interrupted
-        return step(it)
-
-    first.step = stop_at_half
-    with pytest.raises(Interrupted):
-        first.condense(ds, ipc, ctx(checkpoint_dir=tmp_path, checkpoint_every=HALF))
-    assert (tmp_path / "checkpoint.pt").exists()
-
-    resumed = cls(cfg).condense(ds, ipc, ctx(checkpoint_dir=tmp_path, checkpoint_every=HALF, resume=True))
+    straight, resumed = straight_and_resumed(cls, cfg, ds, ipc, ctx, tmp_path, HALF)
     assert resumed.info["resumed_from"] == HALF
     assert torch.equal(resumed.images, straight.images)
     assert resumed.info["loss_curve"] == straight.info["loss_curve"]

@@ -1,4 +1,4 @@
-"""DM (condensation-methods.md §4): the batched loss equals the per-class reference loop, the image step,
+"""DM (docs/methods/dm.md): the batched loss equals the per-class reference loop, the image step,
 the loss falls, real batches, exact checkpoint/resume, config and errors."""
 import dataclasses
 import typing
