@@ -18,6 +18,7 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.method import Method, Reduction, register_method
 from smallset.registry import Registry
+from smallset.train import Protocol, get_protocol
 
 
 @dataclass
@@ -68,6 +69,20 @@ class Condenser(Method):
     def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared: Any = None) -> Reduction:
         syn = self.condense(ds, budget, ctx)
         return Reduction(to_dataset(syn, ds), dict(syn.info))
+
+    def paper_recipe(self, dataset_key: str | None, channels: int, info: dict) -> Protocol:
+        """The condensation papers' evaluate_synset with DSA augmentation, 1000 epochs (DSA, DM, CAFE+DSA):
+        the strategy the method condensed with (docs/methods/evaluation.md#evaluation-protocol)."""
+        from smallset.augment import default_strategy
+
+        strategy = getattr(self.config, "dsa_strategy", "") or default_strategy(channels, dataset_key, self.name)
+        return get_protocol("paper-1000", augment=f"dsa:{strategy}")
+
+    def dc_paper_recipe(self, dataset_key: str | None) -> Protocol:
+        """DC's evaluation: the DC augmentation and 1000 epochs on MNIST, no augmentation and 300 elsewhere."""
+        if dataset_key == "mnist":
+            return get_protocol("paper-1000", augment="dc:crop_scale_rotate")
+        return get_protocol("paper")
 
     # --- hooks ------------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:

@@ -51,7 +51,7 @@ class CAFEConfig:
     accumulator_quirk: bool = field(default=True, metadata={
         "help": "replicate the reference's unreset accuracy accumulator in the stop rules"})
     dsa: bool = field(default=False, metadata={"help": "CAFE+DSA: Siamese DSA in matching, DSA in the inner loop"})
-    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the default for the channel count"})
+    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the reference's default for the dataset and method"})
 
 
 class LoopWatcher:
@@ -124,9 +124,16 @@ class CAFECondenser(Condenser):
     (docs/methods/cafe.md)."""
 
     config_cls = CAFEConfig
-    demo = {"iterations": 3, "max_outer_steps": 3, "max_inner_epochs": 3, "probe_per_class": 16, "batch_real": 64}
+    demo = {"iterations": 3, "max_outer_steps": 3, "max_inner_epochs": 3, "watch_window": 3, "probe_per_class": 16,
+            "batch_real": 64}
     smoke = {"iterations": 4, "batch_real": 4, "probe_per_class": 4, "watch_window": 2, "max_outer_steps": 3,
              "max_inner_epochs": 2, "lr_halving": "0.5", "batch_train": 2}
+
+    def paper_recipe(self, dataset_key, channels, info):
+        """CAFE+DSA: DSA and 1000 epochs; plain CAFE: DC's evaluation (CAFE's code copies DC's)."""
+        if self.config.dsa:
+            return super().paper_recipe(dataset_key, channels, info)
+        return self.dc_paper_recipe(dataset_key)
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
@@ -136,11 +143,17 @@ class CAFECondenser(Condenser):
                        allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
         if cfg.watch_window < 2:
             raise SmallsetError(f"watch_window must be at least 2; got {cfg.watch_window}.", option="watch_window")
-        halving = parse_floats(cfg.lr_halving, "lr-halving")
+        for cap in ("max_outer_steps", "max_inner_epochs"):
+            if getattr(cfg, cap) < cfg.watch_window:
+                raise SmallsetError(
+                    f"{cap} ({getattr(cfg, cap)}) is below watch_window ({cfg.watch_window}): CAFE's dynamic stop "
+                    f"rule could never fire and every loop would run a fixed {getattr(cfg, cap)} steps; raise "
+                    f"{cap} to at least watch_window, or lower watch_window.", option=cap)
+        halving = parse_floats(cfg.lr_halving, "lr_halving")
         if any(not (0.0 < f <= 1.0) for f in halving):
             raise SmallsetError(f"lr_halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.", option="lr_halving")
         self.milestones = [int(round(f * cfg.iterations)) for f in halving]
-        self.layer_weights = parse_floats(cfg.layer_weights, "layer-weights")
+        self.layer_weights = parse_floats(cfg.layer_weights, "layer_weights")
         if any(w < 0 for w in self.layer_weights):
             raise SmallsetError("layer_weights must not be negative.", option="layer_weights")
 
@@ -149,7 +162,7 @@ class CAFECondenser(Condenser):
         if cfg.dsa:
             from smallset.augment import DSA, default_strategy
 
-            self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels))
+            self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name))
         self.carry = 1.0 / ds.num_classes if cfg.accumulator_quirk else 0.0
         self.stats: dict[str, list[float]] = {k: [] for k in (
             "outer_steps", "inner_epochs", "align_loss_curve", "last_loss_curve", "disc_loss_curve")}
@@ -165,8 +178,8 @@ class CAFECondenser(Condenser):
             n_layers = len(net.eval().layer_outputs(self.syn[:1].detach()))
         if len(self.layer_weights) != n_layers:
             raise SmallsetError(
-                f"--layer-weights gives {len(self.layer_weights)} weights but {ctx.model!r} has {n_layers} "
-                f"feature layers; give one weight per layer (shallow to deep)."
+                f"layer_weights gives {len(self.layer_weights)} weights but {ctx.model!r} has {n_layers} "
+                f"feature layers; give one weight per layer (shallow to deep).", option="layer_weights"
             )
 
     def _new_net(self) -> nn.Module:

@@ -112,6 +112,9 @@ class DCCondenser(Condenser):
     smoke = {"iterations": 4, "outer_loop": 2, "inner_loop": 1, "batch_real": 4, "batch_train": 2}
     siamese: bool = False  # DSA switches on Siamese augmentation (distill.dsa)
 
+    def paper_recipe(self, dataset_key, channels, info):
+        return self.dc_paper_recipe(dataset_key)
+
     # -- hooks -------------------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config

@@ -31,7 +31,7 @@ class DMConfig:
     batch_real: int = field(default=256, metadata={"help": "real images per class per iteration"})
     init: Literal["real", "noise"] = field(default="real", metadata={"help": "initialise from real images or N(0,1) noise"})
     dsa: bool = field(default=True, metadata={"help": "Siamese DSA augmentation of real and synthetic batches"})
-    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the default for the channel count"})
+    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the reference's default for the dataset and method"})
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DMConfig":
@@ -68,7 +68,7 @@ class DMCondenser(Condenser):
             "real": ctx.generator(403),
             "aug": ctx.generator(404),
         }
-        self.strategy = (cfg.dsa_strategy or default_strategy(ds.channels)) if cfg.dsa else "none"
+        self.strategy = (cfg.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name)) if cfg.dsa else "none"
         self.dsa = DSA(self.strategy) if cfg.dsa else None
         if self.dsa is None and cfg.dsa_strategy:
             parse_strategy(cfg.dsa_strategy)  # still reject a malformed strategy

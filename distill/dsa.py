@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smallset.data import ImageDataset
-from smallset.distill.base import register_condenser
+from smallset.distill.base import Condenser, register_condenser
 from smallset.distill.dc import DCCondenser, DCConfig
 
 
@@ -43,7 +43,10 @@ class DSACondenser(DCCondenser):
     smoke = {"iterations": 4, "outer_loop": 2, "inner_loop": 1, "batch_real": 4, "batch_train": 2}
     siamese = True
 
+    def paper_recipe(self, dataset_key, channels, info):
+        return Condenser.paper_recipe(self, dataset_key, channels, info)  # DSA's evaluation, not DC's
+
     def make_augment(self, ds: ImageDataset):
         from smallset.augment import DSA, default_strategy
 
-        return DSA(strategy=self.config.dsa_strategy or default_strategy(ds.channels))
+        return DSA(strategy=self.config.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name))

@@ -19,7 +19,11 @@ def print_compare(rows: list[dict]) -> None:
     from smallset import tracking
     from smallset.tasks.results import format_table
 
+    from smallset.tasks.results import format_summary, summarize
+
     print(format_table(rows))
+    print()
+    print(format_summary(summarize(rows)))
     if rows:
         print(f"\nresults: {rows[0]['csv']}")
         report = Path(rows[0]["csv"]).parent / "report.html"
@@ -32,8 +36,8 @@ def print_compare(rows: list[dict]) -> None:
 def print_datasets(args) -> int:
     from smallset.data import load_source
 
-    src = load_source(args.source, data_root=args.data_root)
-    info = {"source": src.id}
+    src = load_source(args.source, data_root=args.data_root, normalization=args.normalization)
+    info = {"source": src.id, "recognised_as": src.train.dataset_key}
     for split, ds in (("train", src.train), ("test", src.test)):
         if ds is None:
             continue
@@ -43,7 +47,8 @@ def print_datasets(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"source {src.id}")
+    print(f"source {src.id}" + (f" (recognised as {src.train.dataset_key}: the papers' normalisation constants)"
+                                 if src.train.dataset_key else ""))
     for split in ("train", "test"):
         if split in info:
             d = info[split]

@@ -73,6 +73,8 @@ def add_run_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), d
         origin = typing.get_origin(hint)
         if hint is bool:
             kwargs.update(action="store_true")
+        elif origin is typing.Literal:
+            kwargs.update(choices=typing.get_args(hint))
         elif origin is dict:
             kwargs.update(action="append", type=key_value, metavar="KEY=VALUE")
         elif origin is list:
@@ -194,6 +196,7 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="describe a source: shape, counts per class, digest")
     ds.add_argument("--source", default="builtin:mnist-mini", help=RunOptions.model_fields["source"].description)
     ds.add_argument("--data-root", default=None, help=RunOptions.model_fields["data_root"].description)
+    ds.add_argument("--normalization", default="auto", help=RunOptions.model_fields["normalization"].description)
     ds.add_argument("--json", action="store_true", help="print as JSON")
 
     sh = sub.add_parser("show", help="describe a reduced Parquet file written by smallset")

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from smallset import tracking
 from smallset.options import RunOptions
-from smallset.tasks import results, spec, steps
+from smallset.tasks import record, results, spec, steps
 from smallset.tasks.prefect_tasks import cached_source, full_data_task, prepare_task, submit_cell
 from smallset.tasks.runners import gpu_annotation
 
@@ -38,15 +38,17 @@ def compare_flow(
 ) -> list[dict]:
     """Every method × budget × seed on ``options.source``; ``params`` maps a method to its options."""
     methods, fractions, ipcs, seeds = list(methods), list(fractions), list(ipcs), list(seeds)
-    source, data_root = options.source, options.data_root
-    src = cached_source(source, data_root)
+    source = options.source
+    src = cached_source(source, options.data_root, options.normalization)
     budgets = [spec.Budget(fraction=f) for f in fractions] + [spec.Budget(ipc=k) for k in ipcs]
     cells = spec.plan_cells(methods, budgets, seeds, options, dict(params or {}), len(src.train),
                             src.train.num_classes)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(output_dir) / f"compare-{stamp}"
     logger = get_run_logger()
-    parent = tracking.start_parent(src.id, f"compare {stamp}", tags={"kind": "compare", "source": src.id})
+    parent = tracking.start_parent(src.id, f"compare {stamp}", tags={
+        "kind": "compare", "source": src.id, "eval_recipe": options.eval_recipe,
+        "shared_recipe": steps.recipe_for(cells[0], src.train).describe() if cells else ""})
     status = "FAILED"
     try:
         tracking.log_json(parent, {"methods": methods, "fractions": fractions, "ipcs": ipcs, "seeds": seeds,
@@ -56,18 +58,21 @@ def compare_flow(
             prepared, keys = {}, [_prepare_key(c, src.train) for c in cells]
             for c, key in zip(cells, keys):
                 if key is not None and key not in prepared:
-                    prepared[key] = prepare_task.submit(c, source, data_root)
+                    prepared[key] = prepare_task.submit(c)
             futures = []
             if include_full and not options.no_eval:
                 ref = spec.resolve_cell("random", spec.Budget(fraction=1.0), options.model_copy(update={"seed": seeds[0]}))
-                futures.append(full_data_task.submit(ref, source, parent, data_root))
+                futures.append(full_data_task.submit(ref, parent))
             for c, key in zip(cells, keys):
                 out = spec.default_output(src.id, c, out_dir)
-                futures.append(submit_cell(c, source, str(out), parent, data_root, prepared.get(key)))
+                futures.append(submit_cell(c, str(out), parent, prepared.get(key)))
             rows = [f.result() for f in futures]
-        print("\n" + results.format_table(rows))
+        record.log_gains(rows)
+        summary = results.summarize(rows)
+        print("\n" + results.format_table(rows) + "\n\n" + results.format_summary(summary))
         csv_path = results.write_csv(rows, out_dir / "results.csv")
         tracking.log_file(parent, csv_path)
+        tracking.log_file(parent, results.write_csv(summary, out_dir / "summary.csv"))
         tracking.log_metrics(parent, {"cells": len(rows)})
         results.publish_table_artifact(rows, f"smallset compare on {source} ({stamp})")
         if report:

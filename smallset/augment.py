@@ -14,23 +14,32 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from kornia.geometry.conversions import denormalize_homography
 from kornia.geometry.transform import hflip, translate, warp_affine
 
 from smallset.errors import SmallsetError
 from smallset.registry import Registry
 
-# Training-time augmentations, name → fn(x_normalised, generator) -> x (the evaluation's ``augment``).
-AUGMENTATIONS: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("augmentation")
+# Training-time augmentations of the evaluation: name → factory(argument) → fn(x_normalised, generator) -> x.
+AUGMENTATIONS: Registry[Callable[[str | None], Callable[[torch.Tensor, torch.Generator], torch.Tensor]]] = \
+    Registry("augmentation")
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 
-def default_strategy(channels: int) -> str:
-    """The reference strategy: no flip for 1-channel (MNIST-like) images (digits are not mirror
-    symmetric), all six families otherwise (docs/methods/dsa-augmentation.md#dsa-transformations)."""
+def default_strategy(channels: int, dataset_key: str | None = None, method: str = "") -> str:
+    """The reference's DSA strategy: flip for FashionMNIST and CIFAR, not for MNIST and SVHN; DM's default is
+    the full strategy (flip included) everywhere; unrecognised data: no flip for 1-channel images (digits are
+    not mirror symmetric), all six families otherwise (docs/methods/dsa-augmentation.md)."""
+    from smallset.known_datasets import KNOWN
+
+    if method == "dm":
+        return DEFAULT_STRATEGY
+    if dataset_key in KNOWN:
+        return DEFAULT_STRATEGY if KNOWN[dataset_key].dsa_flip else NO_FLIP_STRATEGY
     return NO_FLIP_STRATEGY if int(channels) == 1 else DEFAULT_STRATEGY
 
 
@@ -256,15 +265,125 @@ class DSA:
 _BY_STRATEGY: dict[str, DSA] = {}
 
 
-def dsa_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The ``dsa`` training-time augmentation of the evaluation protocol: non-Siamese DSA with the
-    default strategy for the images' channel count (docs/methods/evaluation.md#evaluation-protocol,
-    docs/methods/dsa-augmentation.md#dsa-transformations)."""
-    strategy = default_strategy(x.shape[1])
+def dsa_augment(x: torch.Tensor, generator: torch.Generator, strategy: str | None = None) -> torch.Tensor:
+    """Non-Siamese DSA as a training-time augmentation of the evaluation protocol, with ``strategy`` (default:
+    the unrecognised-data default for the images' channel count; docs/methods/evaluation.md)."""
+    strategy = strategy or default_strategy(x.shape[1])
     if strategy not in _BY_STRATEGY:
         _BY_STRATEGY[strategy] = DSA(strategy)
     return _BY_STRATEGY[strategy](x, generator)
 
 
-if "dsa" not in AUGMENTATIONS:
-    AUGMENTATIONS.register("dsa")(dsa_augment)
+# --- the DC augmentation (the reference's `augment` with dc_aug_param) ---------------------------------------
+DC_FAMILIES = ("crop", "scale", "rotate", "noise")
+DC_DEFAULT_STRATEGY = "crop_scale_rotate"
+
+
+@dataclass(frozen=True)
+class DCAugParams:
+    """The reference's ``get_daparam`` values for MNIST: crop 4 px, scale ±0.2, rotate ±45°, noise 0.001."""
+
+    crop: int = 4
+    scale: float = 0.2
+    rotate: int = 45
+    noise: float = 0.001
+
+
+def parse_dc_strategy(strategy: str | None) -> tuple[str, ...]:
+    tokens = tuple(t for t in (strategy or DC_DEFAULT_STRATEGY).lower().split("_") if t)
+    bad = [t for t in tokens if t not in DC_FAMILIES]
+    if bad or not tokens:
+        raise SmallsetError(f"Unknown DC augmentation {bad[0] if bad else strategy!r}; join tokens from "
+                            f"{', '.join(DC_FAMILIES)} with '_' (e.g. {DC_DEFAULT_STRATEGY}).")
+    return tokens
+
+
+def dc_augment(x: torch.Tensor, generator: torch.Generator, strategy: str | None = None,
+               params: DCAugParams = DCAugParams()) -> torch.Tensor:
+    """The DC papers' evaluation augmentation: each image gets ONE of the strategy's operations, drawn
+    uniformly (docs/methods/evaluation.md#dc-augmentation):
+
+    - crop: pad ``crop`` px with the batch's per-channel mean, then a random crop back to H×W
+      (offsets uniform in [0, 2·crop));
+    - scale: resize by independent factors U(1−s, 1+s) per axis (nearest; both from the height, as the
+      reference), centred on a zero canvas, centre crop back;
+    - rotate: a random integer angle in [−rotate, rotate) about the centre, outside filled with the mean of
+      the channel means (bicubic; the reference uses scipy's cubic spline);
+    - noise: add N(0, noise²).
+    Not differentiable through the random choices; for training-time use on detached batches.
+    """
+    families = parse_dc_strategy(strategy)
+    n, c, h, w = x.shape
+    out = x.detach().clone()
+    mean = out.mean(dim=(0, 2, 3))
+    choice = torch.randint(len(families), (n,), generator=generator)
+    p = params
+    for i in range(n):
+        family = families[int(choice[i])]
+        if family == "crop":
+            canvas = mean.view(c, 1, 1).expand(c, h + 2 * p.crop, w + 2 * p.crop).clone()
+            canvas[:, p.crop:p.crop + h, p.crop:p.crop + w] = out[i]
+            r, s = (int(v) for v in torch.randint(2 * p.crop, (2,), generator=generator))
+            out[i] = canvas[:, r:r + h, s:s + w]
+        elif family == "scale":
+            f = 1 - p.scale + 2 * p.scale * torch.rand(2, generator=generator)
+            nh, nw = int(float(f[0]) * h), int(float(f[1]) * h)
+            tmp = F.interpolate(out[i:i + 1], size=[max(1, nh), max(1, nw)], mode="nearest")[0]
+            m = max(nh, nw, h, w)
+            canvas = torch.zeros(c, m, m, dtype=out.dtype, device=out.device)
+            r, s = (m - nh) // 2, (m - nw) // 2
+            canvas[:, r:r + nh, s:s + nw] = tmp
+            r, s = (m - h) // 2, (m - w) // 2
+            out[i] = canvas[:, r:r + h, s:s + w]
+        elif family == "rotate":
+            angle = int(torch.randint(-p.rotate, p.rotate, (1,), generator=generator))
+            fill = float(mean.mean())
+            theta = math.radians(angle)
+            rot = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0],
+                                [math.sin(theta), math.cos(theta), 0.0]], dtype=out.dtype, device=out.device)
+            grid = F.affine_grid(rot.unsqueeze(0), [1, c, h, w], align_corners=False)
+            shifted = F.grid_sample(out[i:i + 1] - fill, grid, mode="bicubic", padding_mode="zeros",
+                                    align_corners=False)
+            out[i] = shifted[0] + fill
+        else:  # noise
+            out[i] = out[i] + p.noise * torch.randn(out[i].shape, generator=generator).to(out.device)
+    return out
+
+
+def crop_flip_augment(x: torch.Tensor, generator: torch.Generator, strategy: str | None = None) -> torch.Tensor:
+    """The coreset papers' CIFAR augmentation: a random crop after 4 px zero padding (zero in normalised
+    space, i.e. the mean pixel) and a horizontal flip with probability ½, per image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    offsets = torch.randint(9, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    rows = [padded[i, :, int(offsets[i, 0]):int(offsets[i, 0]) + h, int(offsets[i, 1]):int(offsets[i, 1]) + w]
+            for i in range(n)]
+    out = torch.stack(rows)
+    return torch.where(flips.to(x.device).view(n, 1, 1, 1), out.flip(-1), out)
+
+
+def _factory(fn, validate=None):
+    def make(argument: str | None):
+        if validate is not None:
+            validate(argument)
+        return lambda x, generator: fn(x, generator, argument)
+
+    return make
+
+
+# name → factory(argument) → fn(x_normalised, generator) -> x. An evaluation names one as ``name`` or
+# ``name:argument`` (e.g. ``dsa:color_crop_cutout_flip_scale_rotate``, ``dc:crop_scale_rotate``).
+for _name, _fn, _check in (("dsa", dsa_augment, lambda a: parse_strategy(a) if a else None),
+                           ("dc", dc_augment, parse_dc_strategy),
+                           ("crop_flip", crop_flip_augment, None)):
+    if _name not in AUGMENTATIONS:
+        AUGMENTATIONS.register(_name)(_factory(_fn, _check))
+
+
+def get_augmentation(spec: str | None):
+    """``none``/``""`` → None; ``NAME`` or ``NAME:ARGUMENT`` → the augmentation function (validated)."""
+    if spec is None or spec in ("", "none"):
+        return None
+    name, _, argument = spec.partition(":")
+    return AUGMENTATIONS.get(name)(argument or None)

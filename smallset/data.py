@@ -47,6 +47,7 @@ class ImageDataset:
     encoded: list[bytes] | None = None  # the source's encoded image files (PNG/JPEG), when known
     name: str = ""  # the source string this came from
     meta: dict = field(default_factory=dict)  # the smallset block of a reduced-dataset file
+    dataset_key: str | None = None  # the known dataset (smallset.known_datasets) this is, or is a subset of
     _digest: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,7 @@ class ImageDataset:
             source_index=base[indices],
             encoded=None if self.encoded is None else [self.encoded[i] for i in indices.tolist()],
             name=self.name,
+            dataset_key=self.dataset_key,
         )
 
     # --- provenance ------------------------------------------------------------------------
@@ -214,8 +216,13 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 SOURCES: Registry[Callable[..., Source]] = Registry("source type")
 
 
-def load_source(spec: str, data_root: str | os.PathLike | None = None, download: bool = True) -> Source:
-    """Load ``TYPE:ARGUMENT`` (see the module docstring) into memory."""
+def load_source(spec: str, data_root: str | os.PathLike | None = None, download: bool = True,
+                normalization: str = "auto") -> Source:
+    """Load ``TYPE:ARGUMENT`` (see the module docstring) into memory.
+
+    ``normalization``: ``auto`` (the papers' constants for a recognised dataset, the data's own statistics
+    otherwise), ``data`` (always the data's statistics) or a known dataset's name (its constants).
+    A reduced-dataset file keeps the constants it was written with unless one is named explicitly."""
     if ":" not in spec:
         raise SmallsetError(
             f"Source {spec!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet, "
@@ -223,7 +230,44 @@ def load_source(spec: str, data_root: str | os.PathLike | None = None, download:
         )
     kind, arg = spec.split(":", 1)
     loader = SOURCES.get(kind)
-    return loader(arg, spec=spec, data_root=data_root, download=download)
+    return normalize_source(loader(arg, spec=spec, data_root=data_root, download=download), normalization)
+
+
+def normalize_source(src: Source, normalization: str = "auto") -> Source:
+    """Recognise a known dataset and set the normalisation constants of both splits (see load_source)."""
+    from dataclasses import replace
+
+    from smallset.known_datasets import KNOWN, NORMALIZATIONS, recognise
+
+    if normalization not in NORMALIZATIONS:
+        raise SmallsetError(f"Unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}.",
+                            option="normalization")
+    train = src.train
+    key = train.meta.get("dataset_key") if train.meta else None
+    if key is None:
+        key = recognise(src.id, train.channels, train.image_size, train.num_classes, lambda: train.digest)
+    if normalization in KNOWN:
+        known = KNOWN[normalization]
+        if (known.channels, known.size) != (train.channels, train.image_size):
+            raise SmallsetError(f"normalization {normalization} is for {known.channels}×{known.size[0]}×"
+                                f"{known.size[1]} images; this source has {train.channels}×{train.image_size[0]}×"
+                                f"{train.image_size[1]}.", option="normalization")
+        stats = (known.mean, known.std)
+    elif normalization == "auto" and key in KNOWN and not train.meta:
+        stats = (KNOWN[key].mean, KNOWN[key].std)
+    elif normalization == "data" and not train.meta:
+        stats = channel_stats(train.images)
+    else:
+        stats = (train.mean, train.std)
+
+    def apply(ds: ImageDataset | None) -> ImageDataset | None:
+        if ds is None:
+            return None
+        out = replace(ds, mean=tuple(stats[0]), std=tuple(stats[1]), dataset_key=key)
+        out._digest = ds._digest
+        return out
+
+    return Source(src.id, apply(src.train), apply(src.test))
 
 
 # parquet -------------------------------------------------------------------------------------------
@@ -322,6 +366,7 @@ def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -
         classes=list(classes),
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
+        dataset_key=meta.get("dataset_key"),
         weights=weights,
         source_index=source_index,
         encoded=encoded if all(e is not None for e in encoded) else None,

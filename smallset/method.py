@@ -28,6 +28,7 @@ from smallset.config import NoConfig, coerce_config, config_to_dict, prepare_par
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.registry import Registry
+from smallset.train import Protocol, get_protocol
 
 
 @dataclass
@@ -83,6 +84,22 @@ class Method:
 
     def reduce(self, ds: ImageDataset, budget: float | int, ctx: RunContext, prepared: Any = None) -> Reduction:
         raise NotImplementedError
+
+    # --- optional: memory beyond training ctx.model on mini-batches --------------------------------
+    # The config fields that lower extra_memory_bytes, named when a run is refused for memory.
+    memory_options: ClassVar[tuple[str, ...]] = ()
+
+    def extra_memory_bytes(self, ds: ImageDataset, budget: float | int, ctx: RunContext) -> int:
+        """Bytes the method holds at its peak beyond what training ``ctx.model`` on mini-batches needs
+        (e.g. MTT's unrolled inner loop); the pre-run estimate adds them. Default: none."""
+        return 0
+
+    # --- evaluation --------------------------------------------------------------------------------
+    def paper_recipe(self, dataset_key: str | None, channels: int, info: dict) -> Protocol:
+        """The evaluation recipe the method's paper reports its numbers with (``--eval-recipe paper``),
+        for the recognised dataset ``dataset_key`` (None: unknown data) and what :meth:`reduce` measured.
+        Default: DeepCore's coreset evaluation (200 epochs, SGD 0.1, cosine; crop+flip on colour images)."""
+        return get_protocol("deepcore", augment="crop_flip" if channels == 3 else None)
 
 
 def register_method(registry: Registry, name: str):

@@ -31,9 +31,16 @@ class RunOptions(BaseModel):
         "evaluate on these models instead of --model, e.g. convnet,resnet18,mlp,lenet (a matrix)"))
     protocol: str = Field("quick", description=(
         "evaluation recipe: quick (CPU-sized), demo (quick, 8 epochs), paper (300 epochs) or paper-1000"))
-    eval_augment: str = Field("none", description="training-time augmentation in the evaluation: none or dsa")
+    eval_recipe: Literal["shared", "paper"] = Field("shared", description=(
+        "shared: every reduced set is trained with the same --protocol/--eval-augment (a fair comparison); "
+        "paper: each method's own paper recipe (to reproduce a paper's numbers)"))
+    eval_augment: str = Field("none", description=(
+        "training-time augmentation of the shared recipe: none, dsa[:STRATEGY], dc[:crop_scale_rotate] or crop_flip"))
     eval_epochs: int | None = Field(None, ge=1, description="override the protocol's number of epochs")
     eval_runs: int = Field(3, ge=1, description="evaluation trainings (seeds) to average")
+    normalization: str = Field("auto", description=(
+        "auto: the papers' constants for a recognised dataset (MNIST, FashionMNIST, SVHN, CIFAR-10/100), the "
+        "data's statistics otherwise; data: always the data's; or a dataset name to force its constants"))
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="fixes every random choice")
     device: str = Field("auto", description="auto (GPU when there is one), cpu or cuda")
     no_eval: bool = Field(False, description="write the reduced set without the evaluation training")

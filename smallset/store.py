@@ -76,6 +76,7 @@ def build_metadata(
         "smallset_version": smallset_version(),
         "mean": list(ds.mean),
         "std": list(ds.std),
+        "dataset_key": ds.dataset_key,
         "shape": [ds.channels, *ds.image_size],
         "classes": list(ds.classes),
         **(extra or {}),

@@ -58,11 +58,20 @@ def experiment_id(name: str) -> str:
     configure()
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older smallset
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return mlflow.create_experiment(name, artifact_location=artifact_root().as_uri())
+        return mlflow.create_experiment(name, artifact_location=artifact_root().as_uri(),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:  # created concurrently by another worker
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+# MLflow 3's UI opens an experiment by its kind: without this tag it shows the GenAI "Overview" (an empty
+# traces dashboard); with it, the runs table ("Model training"), where smallset's comparison lives.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def experiment_name(source_id: str) -> str:

@@ -20,14 +20,26 @@ import torch.nn.functional as F
 
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.augment import AUGMENTATIONS
+from smallset.augment import get_augmentation
 from smallset.models import seeded_model
 from smallset.registry import Registry
 
 
 
+SCHEDULES = ("reference", "half", "cosine", "constant")
+
+
 @dataclass(frozen=True)
 class Protocol:
+    """An evaluation recipe: how a fresh network is trained on a reduced set.
+
+    ``schedule``: ``reference`` is the condensation papers' ``evaluate_synset`` exactly: E+1 passes over
+    the data (loop index 0..E), the lr ×0.1 with a fresh optimiser after pass index E//2+1; ``half`` trains
+    E passes and decays the same way after pass index E//2; ``cosine`` anneals to 0 per step;
+    ``constant`` keeps the lr. ``augment`` names a training-time augmentation (``smallset.augment``),
+    e.g. ``dsa:color_crop_cutout_flip_scale_rotate`` or ``dc:crop_scale_rotate``.
+    """
+
     name: str
     epochs: int
     lr: float = 0.01
@@ -35,20 +47,40 @@ class Protocol:
     weight_decay: float = 5e-4
     batch_size: int = 256
     min_steps: int = 0
-    decay_at_half: bool = True
+    schedule: str = "half"
     augment: str = "none"
+    nesterov: bool = False
 
     def epochs_for(self, n: int) -> int:
+        """Passes over a training set of ``n`` examples."""
         steps_per_epoch = max(1, math.ceil(n / self.batch_size))
-        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        return epochs + 1 if self.schedule == "reference" else epochs
+
+    def decay_after(self, n: int) -> int | None:
+        """The pass index after which the lr drops ×0.1 (step schedules), else None."""
+        if self.schedule == "reference":
+            return self.epochs // 2 + 1
+        if self.schedule == "half":
+            return self.epochs_for(n) // 2
+        return None
+
+    def describe(self) -> str:
+        aug = "" if self.augment == "none" else f", augment {self.augment}"
+        return (f"{self.name}: {self.epochs} epochs ({self.schedule} schedule), SGD lr {self.lr:g} momentum "
+                f"{self.momentum:g} wd {self.weight_decay:g}, batch {self.batch_size}{aug}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
-PROTOCOLS.register("paper")(Protocol("paper", epochs=300))
-PROTOCOLS.register("paper-1000")(Protocol("paper-1000", epochs=1000))
+PROTOCOLS.register("paper")(Protocol("paper", epochs=300, schedule="reference"))
+PROTOCOLS.register("paper-1000")(Protocol("paper-1000", epochs=1000, schedule="reference"))
+# DeepCore's coreset evaluation (ResNet-18 on CIFAR in its paper): SGD 0.1, Nesterov momentum 0.9, wd 5e-4,
+# batch 128, cosine annealing, 200 epochs.
+PROTOCOLS.register("deepcore")(Protocol("deepcore", epochs=200, lr=0.1, batch_size=128, schedule="cosine",
+                                        nesterov=True))
 PROTOCOLS.register("quick")(Protocol("quick", epochs=20, batch_size=128, min_steps=200))
 PROTOCOLS.register("demo")(Protocol("demo", epochs=8, batch_size=128, min_steps=200))
 
@@ -56,7 +88,7 @@ PROTOCOLS.register("demo")(Protocol("demo", epochs=8, batch_size=128, min_steps=
 def get_protocol(name: str, augment: str | None = None, epochs: int | None = None) -> Protocol:
     p = PROTOCOLS.get(name)
     if augment is not None and augment != "none":
-        AUGMENTATIONS.get(augment)
+        get_augmentation(augment)  # validates the name and its argument
         p = replace(p, augment=augment)
     if epochs is not None:
         if epochs < 1:
@@ -114,19 +146,19 @@ def fit(
     w = train.weights.to(device) if train.weights is not None else None
     if len(train) == 0:
         raise SmallsetError("Cannot train on an empty dataset.")
-    augment = None
-    if protocol.augment != "none":
-        augment = AUGMENTATIONS.get(protocol.augment)
+    augment = get_augmentation(protocol.augment)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1) if augment else None  # CPU: same draws on any device
     epochs = protocol.epochs_for(len(train))
-    decay_after = epochs // 2 + 1 if protocol.decay_at_half else None
+    decay_after = protocol.decay_after(len(train))
 
     def make_opt(lr):
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
-                               weight_decay=protocol.weight_decay)
+                               weight_decay=protocol.weight_decay, nesterov=protocol.nesterov)
 
     opt = make_opt(protocol.lr)
+    total_steps = epochs * max(1, math.ceil(len(train) / protocol.batch_size))
+    step = 0
     losses = []
     iterator = range(epochs)
     bar = None
@@ -147,7 +179,11 @@ def fit(
             loss = weighted_cross_entropy(model(xb), y[idx], None if w is None else w[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if protocol.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * protocol.lr * (1 + math.cos(math.pi * step / total_steps))
             opt.step()
+            step += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / count)
@@ -155,7 +191,7 @@ def fit(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
             on_epoch(ep, losses[-1])
-        if decay_after is not None and ep + 1 == decay_after:
+        if decay_after is not None and ep == decay_after:
             opt = make_opt(protocol.lr * 0.1)
     return losses
 
@@ -205,4 +241,5 @@ def evaluate(
             torch.cuda.synchronize()
         secs.append(time.perf_counter() - t0)
         accs.append(accuracy(model, test, device))
-    return EvalResult(protocol.name, model_name, accs, secs, protocol.epochs_for(len(train)))
+    return EvalResult(protocol.name, model_name, accs, secs, protocol.epochs_for(len(train)),
+                      extra={"recipe": protocol.to_dict(), "n_examples": len(train)})

@@ -33,15 +33,21 @@ from smallset.train import EvalResult
 _LOAD_LOCK = threading.Lock()
 
 
-def cached_source(spec: str, data_root: str | None = None) -> Source:
+def cached_source(spec: str, data_root: str | None = None, normalization: str = "auto") -> Source:
     """Load a source once per process (thread-safe)."""
     with _LOAD_LOCK:
-        return _load(spec, data_root)
+        return _load(spec, data_root, normalization)
 
 
 @lru_cache(maxsize=4)
-def _load(spec: str, data_root: str | None) -> Source:
-    return load_source(spec, data_root=data_root)
+def _load(spec: str, data_root: str | None, normalization: str) -> Source:
+    return load_source(spec, data_root=data_root, normalization=normalization)
+
+
+def source_of(cell: Cell) -> Source:
+    """The cell's source, loaded once per process with the cell's normalisation."""
+    opts = cell.options
+    return cached_source(opts.source, opts.data_root, opts.normalization)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -57,49 +63,45 @@ def _transient(task, task_run, state) -> bool:
 
 
 def prepare_cache_key(context, parameters: dict[str, Any]) -> str:
-    src = cached_source(parameters["source"], parameters.get("data_root"))
-    parts = steps.prepare_key(parameters["cell"], src.train)
+    cell = parameters["cell"]
+    parts = steps.prepare_key(cell, source_of(cell).train)
     return "smallset-prepared-" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
 @task(name="prepare", cache_key_fn=prepare_cache_key, persist_result=True)
-def prepare_task(cell: Cell, source: str, data_root: str | None = None) -> tuple[Any, float]:
-    prepared, seconds = steps.prepare(cell, cached_source(source, data_root).train)
+def prepare_task(cell: Cell) -> tuple[Any, float]:
+    prepared, seconds = steps.prepare(cell, source_of(cell).train)
     get_run_logger().info("prepared %s (seed %d) in %.1f s", cell.method, cell.seed, seconds)
     return prepared, seconds
 
 
 @task(name="reduce", cache_policy=NO_CACHE)
-def reduce_task(cell: Cell, source: str, data_root: str | None = None,
-                prepared: tuple[Any, float] | None = None) -> steps.Reduced:
+def reduce_task(cell: Cell, prepared: tuple[Any, float] | None = None) -> steps.Reduced:
     value, seconds = prepared if prepared is not None else (None, 0.0)
-    red = steps.reduce(cell, cached_source(source, data_root), prepared=value, prepare_seconds=seconds)
+    red = steps.reduce(cell, source_of(cell), prepared=value, prepare_seconds=seconds)
     get_run_logger().info("%s %s seed %d: %d examples in %.1f s", cell.method,
                           cell.budget.label(cell.kind), cell.seed, len(red.dataset), red.seconds)
     return red
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(cell: Cell, red: steps.Reduced, source: str, model: str,
-                  data_root: str | None = None) -> EvalResult:
-    res = steps.evaluate_reduced(cell, red.dataset, cached_source(source, data_root).test, model)
+def evaluate_task(cell: Cell, red: steps.Reduced, model: str) -> EvalResult:
+    res = steps.evaluate_reduced(cell, red.dataset, source_of(cell).test, model, red.info)
     get_run_logger().info("%s on %s: %s", cell.method, model, res.summary())
     return res
 
 
 @task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def record_task(cell: Cell, red: steps.Reduced, evals: list[EvalResult], source: str, output: str,
-                parent_run_id: str | None = None, data_root: str | None = None) -> dict:
-    src = cached_source(source, data_root)
-    row = record.write_and_log(cell, src, red, {e.model: e for e in evals}, Path(output), parent_run_id)
+def record_task(cell: Cell, red: steps.Reduced, evals: list[EvalResult], output: str,
+                parent_run_id: str | None = None) -> dict:
+    row = record.write_and_log(cell, source_of(cell), red, {e.model: e for e in evals}, Path(output), parent_run_id)
     get_run_logger().info("wrote %s (MLflow run %s)", row["output"], row["run_id"])
     return row
 
 
 @task(name="full-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def full_data_task(cell: Cell, source: str, parent_run_id: str | None = None,
-                   data_root: str | None = None) -> dict:
-    return record.full_data_row(cached_source(source, data_root), cell, parent_run_id)
+def full_data_task(cell: Cell, parent_run_id: str | None = None) -> dict:
+    return record.full_data_row(source_of(cell), cell, parent_run_id)
 
 
 class CellFutures:
@@ -116,20 +118,18 @@ class CellFutures:
         return self.futures[-1].result()
 
 
-def submit_cell(cell: Cell, source: str, output: str, parent_run_id: str | None = None,
-                data_root: str | None = None, prepared=None) -> CellFutures:
+def submit_cell(cell: Cell, output: str, parent_run_id: str | None = None, prepared=None) -> CellFutures:
     """Submit reduce → evaluate (one task per evaluation model) → record."""
-    red = reduce_task.submit(cell, source, data_root, prepared)
-    evals = [] if cell.options.no_eval else [evaluate_task.submit(cell, red, source, m, data_root)
+    red = reduce_task.submit(cell, prepared)
+    evals = [] if cell.options.no_eval else [evaluate_task.submit(cell, red, m)
                                              for m in cell.options.evaluation_models()]
     return CellFutures(*([prepared] if prepared is not None and hasattr(prepared, "result") else []), red, *evals,
-                       record_task.submit(cell, red, evals, source, output, parent_run_id, data_root))
+                       record_task.submit(cell, red, evals, output, parent_run_id))
 
 
 def run_single(cell: Cell) -> dict:
     """The body of prune_flow/distill_flow: one resolved cell, in the flow."""
-    source, data_root = cell.options.source, cell.options.data_root
-    src = cached_source(source, data_root)
-    prepared = prepare_task(cell, source, data_root) if steps.needs_prepare(cell) else None
+    src = source_of(cell)
+    prepared = prepare_task(cell) if steps.needs_prepare(cell) else None
     output = cell.output or str(default_output(src.id, cell))
-    return submit_cell(cell, source, output, None, data_root, prepared).result()
+    return submit_cell(cell, output, None, prepared).result()

@@ -33,8 +33,10 @@ def write_and_log(
         extra={
             "budget": {"fraction": budget.fraction, "ipc": budget.ipc},
             "model": cell.options.model,
-            "evaluation": {name: {"mean": e.mean, "std": e.std, "runs": len(e.accuracies), "protocol": e.protocol}
-                           for name, e in evals.items()},
+            "eval_recipe": cell.options.eval_recipe,
+            "evaluation": {name: {"mean": e.mean, "std": e.std, "runs": len(e.accuracies), "protocol": e.protocol,
+                                  "recipe": e.extra.get("recipe")} for name, e in evals.items()},
+            **({"learned_lr": float(red.info["learned_lr"])} if "learned_lr" in red.info else {}),
         },
     )
     path = store.write_reduced(red.dataset, output, meta)
@@ -52,6 +54,9 @@ def write_and_log(
         "score_seconds": red.prepare_seconds,
         "model": cell.options.model,
         "protocol": cell.options.protocol,
+        "eval_recipe": cell.options.eval_recipe,
+        "method_steps": red.info.get("steps"),  # SGD steps a training-time method (CREST) spent itself
+        "method_test_accuracy": red.info.get("test_accuracy"),  # and the accuracy of the model it trained
         "output": str(path),
         "sha256": digest,
     }
@@ -71,7 +76,37 @@ def accuracy_columns(evals: dict[str, EvalResult]) -> dict[str, float]:
             out[f"test_accuracy{sfx}"] = e.mean
             out[f"test_accuracy_std{sfx}"] = e.std
             out[f"eval_train_seconds{sfx}"] = e.total_train_seconds
+            out[f"eval_runs{sfx}"] = len(e.accuracies)
+            if sfx == "":
+                out["test_accuracies"] = list(e.accuracies)
+            out[f"eval_steps{sfx}"] = eval_steps(e)
     return out
+
+
+def numeric(values: dict) -> dict[str, float]:
+    """The entries MLflow can take as metrics (finite numbers)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def log_gains(rows: list[dict]) -> None:
+    """Log each cell's gain over random (same images, same seed, same recipe) as the metric
+    ``gain_over_random`` of its MLflow run, so the runs table compares it directly."""
+    random = {(r["n_examples"], r["seed"]): r["test_accuracy"] for r in rows
+              if r["method"] == "random" and r.get("test_accuracy") is not None}
+    for r in rows:
+        base = random.get((r["n_examples"], r["seed"]))
+        if r["method"] not in ("random", "full") and base is not None and r.get("test_accuracy") is not None:
+            r["gain_over_random"] = r["test_accuracy"] - base
+            tracking.log_metrics(r["run_id"], {"gain_over_random": r["gain_over_random"]})
+
+
+def eval_steps(e: EvalResult) -> int | None:
+    """SGD steps of one evaluation training under its recipe (passes × batches per pass)."""
+    recipe, n = e.extra.get("recipe"), e.extra.get("n_examples")
+    if not recipe or n is None:
+        return None
+    return int(e.epochs * max(1, -(-int(n) // int(recipe["batch_size"]))))
 
 
 def log_run(cell, source, red, evals, path, digest, meta, parent_run_id, row) -> str:
@@ -80,6 +115,9 @@ def log_run(cell, source, red, evals, path, digest, meta, parent_run_id, row) ->
         "method": cell.method, "kind": cell.kind, "fraction": budget.fraction, "ipc": budget.ipc,
         "model": cell.options.model, "model_kwargs": cell.options.model_kwargs, "eval_models": ",".join(cell.options.evaluation_models()),
         "protocol": cell.options.protocol, "eval_augment": cell.options.eval_augment, "eval_runs": cell.options.eval_runs,
+        "eval_recipe": cell.options.eval_recipe, "normalization": cell.options.normalization,
+        "dataset_key": red.dataset.dataset_key,
+        "eval_protocol": next(iter(evals.values())).extra.get("recipe") if evals else None,
         "seed": cell.seed, "source": source.id, "source_digest": source.train.digest, "device": cell.options.device,
         "hp": red.params,
     }
@@ -87,7 +125,7 @@ def log_run(cell, source, red, evals, path, digest, meta, parent_run_id, row) ->
         "n_examples": row["n_examples"], "fraction_of_source": row["fraction_of_source"],
         "selection_seconds": red.seconds, "score_seconds": red.prepare_seconds,
     }
-    metrics.update(accuracy_columns(evals))
+    metrics.update(numeric(accuracy_columns(evals)))
     series, other = {}, {}
     for k, v in red.info.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
@@ -122,12 +160,13 @@ def full_data_row(source: Source, cell: Cell, parent_run_id: str | None = None) 
     row = {
         "method": "full", "kind": "full", "budget": "fraction=1", "fraction": 1.0, "ipc": None, "seed": cell.seed,
         "n_examples": len(ds), "fraction_of_source": 1.0, "selection_seconds": 0.0, "score_seconds": 0.0,
-        "model": cell.options.model, "protocol": cell.options.protocol, "output": None, "sha256": None,
+        "model": cell.options.model, "protocol": cell.options.protocol, "eval_recipe": "shared",
+        "method_steps": None, "method_test_accuracy": None, "output": None, "sha256": None,
         **accuracy_columns(evals), "eval_model": res.model,
     }
     tags = {"kind": "full", "method": "full", "source": source.id}
     with tracking.run(source.id, f"full data seed={cell.seed}", parent_run_id=parent_run_id, tags=tags) as run_id:
-        tracking.log_metrics(run_id, {**accuracy_columns(evals), "n_examples": row["n_examples"],
+        tracking.log_metrics(run_id, {**numeric(accuracy_columns(evals)), "n_examples": row["n_examples"],
                                       "fraction_of_source": 1.0})
         from mlflow.tracking import MlflowClient
 

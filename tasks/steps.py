@@ -19,7 +19,7 @@ from smallset.data import ImageDataset, Source
 from smallset.method import Reduction
 from smallset.models import resolve_device
 from smallset.tasks.spec import Cell
-from smallset.train import EvalResult, evaluate, get_protocol
+from smallset.train import EvalResult, Protocol, evaluate, get_protocol
 
 
 def device_for(cell: Cell) -> torch.device:
@@ -102,11 +102,29 @@ def reduce(cell: Cell, source: Source, prepared: Any = None, prepare_seconds: fl
     return Reduced(out.dataset, method.params(), seconds, dict(out.info), out.scores, prepare_seconds)
 
 
-def evaluate_reduced(cell: Cell, reduced: ImageDataset, test: ImageDataset | None,
-                     eval_model: str | None = None) -> EvalResult:
-    """The evaluation protocol on one evaluation model (default: the cell's first)."""
+def recipe_for(cell: Cell, reduced: ImageDataset, info: dict | None = None) -> Protocol:
+    """The evaluation recipe of a cell: the shared one (``--protocol``/``--eval-augment``, the same for every
+    reduced set) or, with ``eval_recipe="paper"`` and a reduction's ``info``, the method's paper recipe.
+    ``dsa`` without a strategy means the reference's strategy for the recognised dataset."""
+    from dataclasses import replace
+
+    from smallset.augment import default_strategy
+
     opts = cell.options
-    protocol = get_protocol(opts.protocol, augment=opts.eval_augment, epochs=opts.eval_epochs)
+    if opts.eval_recipe == "paper" and info is not None:
+        protocol = cell.method_instance().paper_recipe(reduced.dataset_key, reduced.channels, info)
+        return replace(protocol, epochs=opts.eval_epochs, min_steps=0) if opts.eval_epochs else protocol
+    augment = opts.eval_augment
+    if augment == "dsa":
+        augment = f"dsa:{default_strategy(reduced.channels, reduced.dataset_key)}"
+    return get_protocol(opts.protocol, augment=augment, epochs=opts.eval_epochs)
+
+
+def evaluate_reduced(cell: Cell, reduced: ImageDataset, test: ImageDataset | None,
+                     eval_model: str | None = None, info: dict | None = None) -> EvalResult:
+    """The cell's evaluation recipe (:func:`recipe_for`) on one evaluation model (default: the cell's first)."""
+    opts = cell.options
+    protocol = recipe_for(cell, reduced, info)
     name = eval_model or opts.evaluation_models()[0]
     kwargs = opts.model_kwargs if name == opts.model else {}
     return evaluate(reduced, test, name, protocol, runs=opts.eval_runs, seed=cell.seed,

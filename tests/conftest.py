@@ -14,6 +14,7 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{os.path.join(_TMP, 'mlflow.db')}"
 os.environ["SMALLSET_ARTIFACTS"] = os.path.join(_TMP, "mlartifacts")
+os.environ["SMALLSET_CACHE"] = os.path.join(_TMP, "cache")  # expert trajectories (MTT) never go to ~/.cache
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from smallset.errors import SmallsetError
-from smallset.augment import AUGMENTATIONS
+from smallset.augment import AUGMENTATIONS, get_augmentation
 from smallset.train import fit, get_protocol
 from smallset.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, default_strategy, dsa_augment
 
@@ -203,9 +203,15 @@ def test_none_strategy_is_identity_and_bad_input_raises():
 def test_default_strategy_and_registered_for_evaluation(tiny_dataset):
     assert default_strategy(1) == "color_crop_cutout_scale_rotate" and default_strategy(3) == DEFAULT_STRATEGY
     assert DSAParams().saturation == 2.0 and DSAParams().rotate == 15.0
-    assert AUGMENTATIONS.get("dsa") is dsa_augment
+    assert "dsa" in AUGMENTATIONS
     x = torch.randn(3, 1, 8, 8)
-    assert torch.equal(dsa_augment(x, gen(21)), DSA(default_strategy(1))(x, gen(21)))
+    assert torch.equal(get_augmentation("dsa")(x, gen(21)), DSA(default_strategy(1))(x, gen(21)))
+    assert torch.equal(get_augmentation("dsa:color_flip")(x, gen(21)), DSA("color_flip")(x, gen(21)))
+    # the reference's strategy by dataset and method: no flip for MNIST and SVHN, flip for FashionMNIST and
+    # CIFAR; DM's default includes flip everywhere
+    assert default_strategy(1, "mnist", "dsa") == default_strategy(3, "svhn", "dc") == "color_crop_cutout_scale_rotate"
+    assert default_strategy(1, "fashion_mnist", "dsa") == default_strategy(3, "cifar10", "dsa") == DEFAULT_STRATEGY
+    assert default_strategy(1, "mnist", "dm") == DEFAULT_STRATEGY
     from smallset.models import create_model
 
     ds = tiny_dataset(n_per_class=4, num_classes=2, channels=3, size=8)
@@ -213,3 +219,28 @@ def test_default_strategy_and_registered_for_evaluation(tiny_dataset):
     model = create_model("mlp", 3, 2, (8, 8), width=8)
     losses = fit(model, ds, get_protocol("quick", augment="dsa", epochs=2), seed=0)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+def test_dc_augmentation_applies_one_operation_per_image():
+    """The DC augmentation by hand: with only crop, each image is its mean-padded copy shifted by an integer
+    offset in [-4, 4); with only noise, the change is N(0, 0.001²) sized; unknown tokens are refused."""
+    from smallset.augment import dc_augment
+
+    x = torch.randn(6, 1, 8, 8)
+    out = dc_augment(x, gen(3), "crop")
+    mean = x.mean(dim=(0, 2, 3))
+    canvas = mean.view(1, -1, 1, 1).expand(6, 1, 16, 16).clone()
+    canvas[:, :, 4:12, 4:12] = x
+    for i in range(6):
+        crops = [canvas[i, :, r:r + 8, s:s + 8] for r in range(8) for s in range(8)]
+        assert any(torch.equal(out[i], c) for c in crops)
+    assert not torch.equal(out, x)
+    noisy = dc_augment(x, gen(3), "noise")
+    assert 0 < float((noisy - x).abs().max()) < 0.01
+    rotated = dc_augment(x, gen(4), "rotate")
+    assert rotated.shape == x.shape and torch.isfinite(rotated).all()
+    scaled = dc_augment(torch.ones(2, 1, 8, 8), gen(5), "scale")  # zero canvas shows where the image shrank
+    assert set(scaled.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(dc_augment(x, gen(9), "crop_scale_rotate"), dc_augment(x, gen(9), "crop_scale_rotate"))
+    with pytest.raises(SmallsetError, match="Unknown DC augmentation"):
+        get_augmentation("dc:crop_blur")

@@ -177,3 +177,15 @@ def test_bad_settings_raise(tiny_dataset):
                 dict(watch_window=1), dict(init="zeros"), dict(max_outer_steps=0), dict(dsa=True, dsa_strategy="blur")):
         with pytest.raises(SmallsetError):
             cafe(CAFEConfig(iterations=1, **bad)).condense(ds, 1, small_ctx())
+
+
+def test_loop_caps_below_the_watch_window_are_refused(tiny_dataset):
+    """With a cap below the watch window the dynamic stop rule can never fire: refused, naming the option."""
+    ds = tiny_dataset(n_per_class=4, num_classes=2, size=8)
+    cafe = CONDENSERS.get("cafe")
+    for cap in ("max_outer_steps", "max_inner_epochs"):
+        with pytest.raises(SmallsetError, match=f"{cap} \\(3\\) is below watch_window \\(10\\)") as e:
+            cafe(CAFEConfig(iterations=1, watch_window=10, **{cap: 3})).condense(ds, 1, small_ctx())
+        assert e.value.option == cap
+    cafe(CAFEConfig(iterations=1, watch_window=3, max_outer_steps=3, max_inner_epochs=3, batch_real=4,
+                    probe_per_class=4)).condense(ds, 1, small_ctx())  # at the window: allowed

@@ -2,6 +2,8 @@
 a new registry entry is picked up here). Each method runs on a tiny dataset with its ``smoke`` settings,
 through the same prepare → reduce path the pipeline uses, and must write a valid Parquet file that reads
 back exactly, give the same set for the same seed and (condensers) resume exactly after an interruption."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,7 +79,10 @@ def test_preparation_is_cacheable(name, ds):
     cls = method_class(name)
     method = cls(cls.make_config(cls.smoke))
     a, b = method.prepare(ds, ctx(2)), method.prepare(ds, ctx(2))
-    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    if dataclasses.is_dataclass(a) or isinstance(a, dict):  # a handle to an artefact on disk (MTT's experts)
+        assert a == b
+    else:
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
     assert method.prepare_params(), f"{name} prepares but marks no config field prepare=True"
     handed = method.reduce(ds, BUDGET[cls.kind], ctx(2), a).dataset
     own = method.reduce(ds, BUDGET[cls.kind], ctx(2)).dataset

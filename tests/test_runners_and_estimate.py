@@ -49,7 +49,10 @@ def test_cross_architecture_matrix_columns():
     assert cols["test_accuracy/mlp"] == pytest.approx(0.7)
     assert cols["eval_train_seconds/mlp"] == 3.0
     assert record.accuracy_columns({"mlp": e("mlp", 0.5)}) == {"test_accuracy": 0.5, "test_accuracy_std": 0.0,
-                                                              "eval_train_seconds": 3.0}
+                                                              "eval_train_seconds": 3.0, "eval_runs": 2,
+                                                              "eval_steps": None, "test_accuracies": [0.5, 0.5]}
+    with_recipe = EvalResult("quick", "mlp", [0.5], [1.0], 21, extra={"recipe": {"batch_size": 256}, "n_examples": 600})
+    assert record.eval_steps(with_recipe) == 21 * 3  # 21 passes of ceil(600 / 256) batches
 
 
 def test_pareto_front_by_hand():

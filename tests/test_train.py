@@ -58,7 +58,7 @@ def test_evaluate_reports_mean_std_and_is_reproducible():
 
 def test_paper_protocol_is_the_condensation_recipe():
     p = PROTOCOLS.get("paper")
-    assert (p.lr, p.momentum, p.weight_decay, p.batch_size, p.epochs, p.decay_at_half) == (0.01, 0.9, 5e-4, 256, 300, True)
+    assert (p.lr, p.momentum, p.weight_decay, p.batch_size, p.epochs, p.schedule) == (0.01, 0.9, 5e-4, 256, 300, "reference")
     assert PROTOCOLS.get("paper-1000").epochs == 1000
 
 
