@@ -70,11 +70,11 @@ def herding_per_class(ds, ipc: int, ctx: RunContext, overrides: dict) -> tuple[t
     for k, v in overrides.items():
         setattr(cfg, k, convert(cls.config_cls, k, v))
     sel = cls(cfg)
-    feats = sel.score(ds, ctx)  # one feature model for the whole set
+    feats = sel.prepare(ds, ctx)  # one feature model for the whole set
     keep = []
     for idx in ds.class_indices():
         sub = ds.subset(idx)
-        s = sel.select(sub, ipc / len(idx), ctx, scores=feats[idx])
+        s = sel.select(sub, ipc / len(idx), ctx, prepared=feats[idx])
         keep.append(idx[s.indices])
     return torch.cat(keep), dataclasses.asdict(cfg)
 

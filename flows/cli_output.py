@@ -12,7 +12,8 @@ def print_row(row: dict) -> None:
 
     print(format_table([row]))
     print(f"\nwrote {row['output']}")
-    print(f"MLflow run {row['run_id']} in {tracking.tracking_uri()}  (browse: mlflow ui --backend-store-uri {tracking.tracking_uri()})")
+    print(f"MLflow run {row['run_id']} in {tracking.tracking_uri()}  (browse: mlflow ui --backend-store-uri "
+          f"{tracking.tracking_uri()}, then open {_experiment_page(row['run_id'])})")
 
 
 def print_compare(rows: list[dict]) -> None:
@@ -29,8 +30,9 @@ def print_compare(rows: list[dict]) -> None:
         report = Path(rows[0]["csv"]).parent / "report.html"
         if report.exists():
             print(f"report: {report}")
-        print(f"MLflow: {tracking.tracking_uri()} (parent run {rows[0]['parent_run_id']}); "
-              f"browse with: mlflow ui --backend-store-uri {tracking.tracking_uri()}")
+        parent = rows[0]["parent_run_id"]
+        print(f"MLflow: {tracking.tracking_uri()} (parent run {parent}); browse with: mlflow ui --backend-store-uri "
+              f"{tracking.tracking_uri()}, then open {_experiment_page(parent)}")
 
 
 def print_datasets(args) -> int:
@@ -95,3 +97,13 @@ def print_methods(args) -> int:
     print(f"models: {', '.join(model_names())}")
     print(f"protocols: {', '.join(PROTOCOLS.names())}")
     return 0
+
+
+def _experiment_page(run_id: str) -> str:
+    """The runs table of a run's experiment in a local `mlflow ui` (port 5000)."""
+    from mlflow.tracking import MlflowClient
+
+    from smallset import tracking
+
+    experiment = MlflowClient(tracking.tracking_uri()).get_run(run_id).info.experiment_id
+    return tracking.experiment_url("http://127.0.0.1:5000", experiment)

@@ -94,7 +94,8 @@ def run_row(run) -> dict:
     return {
         "run_id": run.info.run_id, "method": t.get("method", p.get("method", "?")), "kind": kind,
         "budget": budget_label(kind, p), "seed": p.get("seed"), "n_examples": int(m.get("n_examples", 0)),
-        "accuracy": accuracies(m, eval_models(p)),
+        "accuracy": accuracies(m, eval_models(p)), "runs": int(m.get("eval_runs", 0)),
+        "gain": m.get("gain_over_random"),
         "selection_seconds": sel, "train_seconds": train, "total_seconds": sel + train,
         "output": t.get("smallset.output"),
     }
@@ -315,43 +316,104 @@ def _artifact_array(run_id: str, name: str):
 
 
 # --- rendering -----------------------------------------------------------------------------------------
+MIN_RUNS_FOR_SPREAD = 3  # a ± only over at least this many evaluation runs
+
+
+def _accuracy_cell(acc: tuple[float, float] | None, runs: int) -> str:
+    if acc is None:
+        return "–"
+    return f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}" if runs >= MIN_RUNS_FOR_SPREAD else f"{100 * acc[0]:.2f}"
+
+
 def table_rows(rows: list[dict], models: list[str]) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "kind", "budget", "seed", "images"] + [f"accuracy % ({m})" for m in models] + \
-           ["select s", "train s", "total s"]
+    head = ["method", "kind", "budget", "seed", "images", "runs"] + [f"accuracy % ({m})" for m in models] + \
+           ["gain vs random (pts)", "select s", "train s", "total s"]
     body = []
     for r in rows:
-        accs = [f"{100 * r['accuracy'][m][0]:.2f} ± {100 * r['accuracy'][m][1]:.2f}" if m in r["accuracy"] else "–"
-                for m in models]
-        body.append([r["method"], r["kind"], r["budget"], str(r["seed"]), str(r["n_examples"]), *accs,
-                     f"{r['selection_seconds']:.1f}", f"{r['train_seconds']:.1f}", f"{r['total_seconds']:.1f}"])
+        accs = [_accuracy_cell(r["accuracy"].get(m), r.get("runs", 0)) for m in models]
+        gain = "–" if r.get("gain") is None else f"{100 * r['gain']:+.2f}"
+        body.append([r["method"], r["kind"], r["budget"], str(r["seed"]), str(r["n_examples"]), str(r.get("runs", "")),
+                     *accs, gain, f"{r['selection_seconds']:.1f}", f"{r['train_seconds']:.1f}",
+                     f"{r['total_seconds']:.1f}"])
     return head, body
+
+
+def summary_rows(parent_run_id: str) -> tuple[list[str], list[list[str]]] | None:
+    """The compare's per method × budget summary (its summary.csv artifact): accuracy over every seed and
+    evaluation run, and the gain over random at the same images and seeds with its standard error."""
+    import csv
+
+    raw = _artifact_bytes(parent_run_id, "summary.csv")
+    if raw is None:
+        return None
+    records = list(csv.DictReader(io.StringIO(raw.decode())))
+
+    def pct(v: str, sign: bool = False) -> str:
+        if v in ("", None):
+            return "–"
+        return f"{100 * float(v):+.2f}" if sign else f"{100 * float(v):.2f}"
+
+    head = ["method", "kind", "budget", "images", "seeds", "runs", "accuracy %", "± %", "gain vs random (pts)",
+            "± s.e."]
+    body = [[r["method"], r["kind"], r["budget"], r["n_examples"], r["seeds"], r["runs"], pct(r["accuracy"]),
+             pct(r["accuracy_std"]), pct(r["gain"], sign=True), pct(r["gain_se"])] for r in records]
+    return head, body
+
+
+def recipe_line(parent_run_id: str) -> str:
+    """How every reduced set of the compare was trained for its evaluation (the parent run's tags)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking.tracking_uri()).get_run(parent_run_id).data.tags
+    except Exception:
+        return ""
+    if tags.get("eval_recipe") == "paper":
+        return "Evaluation: each method's paper recipe (--eval-recipe paper); see each run's eval_protocol."
+    return f"Evaluation, the same for every reduced set: {tags['shared_recipe']}." if tags.get("shared_recipe") else ""
 
 
 def report_title(parent_run_id: str) -> str:
     return f"smallset comparison (MLflow run {parent_run_id[:8]})"
 
 
-def markdown(title: str, head: list[str], body: list[list[str]], figure_names: list[str]) -> str:
-    """The Markdown summary: the table, then the figures as images beside it."""
-    md = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(b) + " |" for b in body]
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body]
+
+
+def markdown(title: str, head: list[str], body: list[list[str]], figure_names: list[str],
+             summary: tuple[list[str], list[list[str]]] | None = None, recipe: str = "") -> str:
+    """The Markdown summary: the recipe, the summary table, the per-run table, then the figures."""
+    md = [f"# {title}", ""] + ([recipe, ""] if recipe else [])
+    if summary:
+        md += ["## Per method and budget", ""] + _md_table(*summary) + ["", "## Per run", ""]
+    md += _md_table(head, body)
     md.append("")
     md += [f"![{name}]({name})" for name in figure_names]
     return "\n".join(md) + "\n"
 
 
-def write_markdown(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> Path:
+def write_markdown(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes],
+                   summary=None, recipe: str = "") -> Path:
     """Write the figures' PNGs and report.md into ``out``; returns the Markdown file's path."""
     for name, png in figs.items():
         (out / name).write_bytes(png)
     md_path = out / "report.md"
-    md_path.write_text(markdown(title, head, body, list(figs)))
+    md_path.write_text(markdown(title, head, body, list(figs), summary, recipe))
     return md_path
 
 
-def html_page(title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> str:
-    """One self-contained HTML page: the table and the figures embedded as data URIs."""
+def _html_table(table_id: str, head: list[str], body: list[list[str]]) -> str:
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in b) + "</tr>" for b in body)
+    return (f'<table id="{table_id}"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>'
+            f"<tbody>{cells}</tbody></table>")
+
+
+def html_page(title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes], summary=None,
+              recipe: str = "") -> str:
+    """One self-contained HTML page: the recipe, the tables and the figures embedded as data URIs."""
+    top = (f"<p id=\"recipe\">{html.escape(recipe)}</p>" if recipe else "") + (
+        "<h2>Per method and budget</h2>" + _html_table("summary", *summary) + "<h2>Per run</h2>" if summary else "")
     imgs = "".join(
         f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
         f"<figcaption>{html.escape(n[:-4].replace('_', ' '))}</figcaption></figure>" for n, p in figs.items())
@@ -359,16 +421,16 @@ def html_page(title: str, head: list[str], body: list[list[str]], figs: dict[str
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:14px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 th{{background:#f0f0f0}}figure{{display:inline-block;margin:1em}}img{{max-width:640px}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<table id="results"><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>
-<tbody>{cells}</tbody></table>
+<h1>{html.escape(title)}</h1>{top}
+{_html_table("results", head, body)}
 <h2>Figures</h2><div id="figures">{imgs}</div></body></html>"""
 
 
-def write_html(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes]) -> Path:
+def write_html(out: Path, title: str, head: list[str], body: list[list[str]], figs: dict[str, bytes],
+               summary=None, recipe: str = "") -> Path:
     """Write report.html into ``out``; returns its path."""
     html_path = out / "report.html"
-    html_path.write_text(html_page(title, head, body, figs))
+    html_path.write_text(html_page(title, head, body, figs, summary, recipe))
     return html_path
 
 
@@ -382,6 +444,7 @@ def render(parent_run_id: str, out_dir: str | Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     head, body = table_rows(rows, models)
     title = report_title(parent_run_id)
-    md_path = write_markdown(out, title, head, body, figs)
-    html_path = write_html(out, title, head, body, figs)
+    summary, recipe = summary_rows(parent_run_id), recipe_line(parent_run_id)
+    md_path = write_markdown(out, title, head, body, figs, summary, recipe)
+    html_path = write_html(out, title, head, body, figs, summary, recipe)
     return html_path, md_path

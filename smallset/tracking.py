@@ -68,10 +68,16 @@ def experiment_id(name: str) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-# MLflow 3's UI opens an experiment by its kind: without this tag it shows the GenAI "Overview" (an empty
-# traces dashboard); with it, the runs table ("Model training"), where smallset's comparison lives.
+# MLflow 3's UI opens an experiment by its kind: the tag marks smallset's experiments as model training (read
+# when the UI's global GenAI/Model-training switch is off); MLflow 3.17 with the switch on follows the URL's
+# ``workflowType`` instead (default GenAI: an empty traces "Overview"), hence experiment_url().
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+
+
+def experiment_url(ui_base: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table (not the GenAI overview)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def experiment_name(source_id: str) -> str:

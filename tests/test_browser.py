@@ -3,6 +3,7 @@
 Screenshots are kept in $SMALLSET_SCREENSHOTS when set (else in the test's temporary directory).
 """
 import json
+import re
 import os
 import signal
 import subprocess
@@ -30,7 +31,9 @@ def shots(tmp_path):
 def test_report_page_shows_table_and_plots(tiny_compare, shots):
     html_path = Path(tiny_compare[0]["csv"]).with_name("report.html").resolve()
     page = browser.dom(html_path.as_uri())
-    assert '<table id="results">' in page and page.count("<tr>") == 1 + len(tiny_compare)
+    results = page[page.index('<table id="results">'):]
+    assert results[:results.index("</table>")].count("<tr>") == 1 + len(tiny_compare)
+    assert '<table id="summary">' in page and "Evaluation, the same for every reduced set: quick" in page
     assert page.count('src="data:image/png;base64,') >= 3
     png = browser.screenshot(html_path.as_uri(), str(shots / "report.png"))
     assert browser.png_is_not_blank(png)
@@ -75,6 +78,18 @@ def test_mlflow_ui_compares_the_runs_of_a_compare(tiny_compare, shots):
         assert browser.png_is_not_blank(png)
         page = browser.dom(url, wait_ms=20000)
         assert "test_accuracy" in page
+        # the experiment opens on its runs ("Model training"), not on the GenAI traces overview
+        exp = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}",
+                                               timeout=30))["experiment"]
+        assert {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.experimentKind"] == "custom_model_development"
+        runs_url = tracking.experiment_url(base, exp_id)
+        png = browser.screenshot(runs_url, str(shots / "mlflow-experiment.png"), size="1400,1000", wait_ms=20000)
+        assert browser.png_is_not_blank(png)
+        page = browser.dom(runs_url, wait_ms=20000)
+        # the runs table ("6 matching runs": the compare's parent and its children nested under it), not the
+        # GenAI overview's traces dashboard
+        text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+        assert f"{len(run_ids) + 1} matching runs" in text and "compare 20" in text, "no runs table on the page"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
