@@ -1,4 +1,4 @@
-"""Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center) against random on a real source.
+"""Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center, EL2N, GraNd, CCS) against random on a real source.
 
 Scores are computed once per (method, seed) and reused for every fraction; each subset is evaluated with
 :func:`smallset.train.evaluate` (one run per seed, the given protocol and model). Results are appended to a
@@ -10,6 +10,14 @@ Run it under the shared lock, e.g.
         --source parquet:../shared/datasets/mnist --model lenet --seeds 0 1 2 --fractions 0.01 0.05 0.1 0.3
 
 Also measures the GEDA selection step alone on the source's gradient norms (``--geda-timing``).
+
+The data-diet / CCS comparison (EL2N, GraNd and CCS on forgetting, EL2N and GraNd scores; a CCS method shares
+the cached scores of its score's own method, so each score is computed once per seed):
+    flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_oneshot.py \
+        --source parquet:../shared/datasets/mnist --model lenet --seeds 0 1 2 --fractions 0.01 0.05 0.1 0.3 \
+        --methods random forgetting el2n grand ccs-forgetting ccs-el2n ccs-grand --json /tmp/bench_diet.jsonl
+``--set NAME.OPTION=VALUE`` overrides an option of the registered method NAME everywhere it is used (as a
+method and as a CCS score), e.g. ``--set el2n.models=2 --set el2n.epochs=2 --set ccs.strata=20``.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smallset import prune  # noqa: E402,F401
 from smallset.context import RunContext  # noqa: E402
 from smallset.data import load_source  # noqa: E402
-from smallset.train import evaluate  # noqa: E402
+from smallset.train import evaluate, get_protocol  # noqa: E402
 from smallset.prune.base import SELECTORS  # noqa: E402
 
 # label → (registered selector, config overrides, which score cache to share)
@@ -38,13 +46,38 @@ METHODS = {
     "geda-random": ("geda", {"fill": "random"}, "geda"),
     "herding": ("herding", {}, "herding"),
     "kcenter": ("kcenter", {}, "kcenter"),
+    "el2n": ("el2n", {}, "el2n"),
+    "grand": ("grand", {}, "grand"),
+    # CCS on another method's scores: shares that method's score cache (same options by construction)
+    "ccs-forgetting": ("ccs", {"score": "forgetting"}, "forgetting"),
+    "ccs-el2n": ("ccs", {"score": "el2n"}, "el2n"),
+    "ccs-grand": ("ccs", {"score": "grand"}, "grand"),
 }
+SETTINGS: dict[str, dict] = {}  # registered method name → option overrides (--set NAME.OPTION=VALUE)
 
 
 def make_selector(label: str):
     name, overrides, _ = METHODS[label]
     cls = SELECTORS.get(name)
-    return cls(cls.config_cls(**overrides))
+    overrides = {**overrides, **SETTINGS.get(name, {})}
+    if name == "ccs":  # the score's own overrides reach CCS's scorer, so the shared score cache stays exact
+        overrides["score_options"] = {**SETTINGS.get(overrides["score"], {}), **overrides.get("score_options", {})}
+    return cls(cls.make_config(overrides))
+
+
+def parse_settings(pairs: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        name, _, opt = key.partition(".")
+        if not (name and opt and _):
+            raise SystemExit(f"--set {pair!r}: expected NAME.OPTION=VALUE, e.g. el2n.models=2")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+        out.setdefault(name, {})[opt.replace("-", "_")] = value
+    return out
 
 
 def run(args) -> None:
@@ -67,21 +100,22 @@ def run(args) -> None:
             if key is not None:
                 if key not in cache:
                     t = time.perf_counter()
-                    s = sel.score(train, ctx)
+                    s = sel.prepare(train, ctx)
                     cache[key] = (s, time.perf_counter() - t)
                 scores, score_s = cache[key]
             for fraction in args.fractions:
                 t = time.perf_counter()
-                selection = sel.select(train, fraction, ctx, scores=scores)
+                selection = sel.select(train, fraction, ctx, prepared=scores)
                 select_s = time.perf_counter() - t
                 subset = train.subset(selection.indices, selection.weights)
-                ev = evaluate(subset, test, model_name=args.model, protocol=args.protocol, runs=1, seed=seed,
+                ev = evaluate(subset, test, model_name=args.model,
+                              protocol=get_protocol(args.protocol, epochs=args.eval_epochs), runs=1, seed=seed,
                               device=device)
                 info = {k: v for k, v in selection.info.items() if isinstance(v, (int, float))}
                 row = {"source": args.source, "model": args.model, "protocol": args.protocol, "seed": seed,
                        "method": label, "fraction": fraction, "n": len(selection.indices),
                        "accuracy": ev.accuracies[0], "score_seconds": score_s, "select_seconds": select_s,
-                       "train_seconds": ev.train_seconds[0], "info": info}
+                       "train_seconds": ev.train_seconds[0], "info": info, "settings": SETTINGS}
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"seed {seed} {label:16s} f={fraction:<5} acc={100 * ev.accuracies[0]:6.2f}% "
@@ -101,7 +135,7 @@ def geda_timing(train, norms: torch.Tensor, ctx: RunContext) -> None:
                 times = []
                 for _ in range(3):
                     t = time.perf_counter()
-                    sel.select(train, fraction, ctx, scores=norms)
+                    sel.select(train, fraction, ctx, prepared=norms)
                     times.append(time.perf_counter() - t)
                 print(f"geda-timing n={len(train)} milp={milp} fill={fill} f={fraction}: "
                       f"best {min(times):.3f}s, worst {max(times):.3f}s", flush=True)
@@ -151,7 +185,11 @@ def main(argv=None) -> None:
     p.add_argument("--json", default="/tmp/bench_oneshot.jsonl", help="JSON-lines file the rows are appended to")
     p.add_argument("--geda-timing", action="store_true", help="also time the GEDA selection step alone")
     p.add_argument("--table-only", action="store_true", help="print the table of --json and exit")
+    p.add_argument("--eval-epochs", type=int, default=None, help="override the protocol's epochs (smoke runs)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
+                   help="override an option of a registered method (also where it is a CCS score)")
     args = p.parse_args(argv)
+    SETTINGS.update(parse_settings(args.set))
     if not args.table_only:
         run(args)
     print(table(args.json))

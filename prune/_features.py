@@ -6,6 +6,8 @@ Not a selector (registers nothing). Used by ``herding``, ``kcenter`` (penultimat
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -162,6 +164,17 @@ def top_per_class(ds: ImageDataset, scores: torch.Tensor, fraction: float, highe
     keep = [idx[ranked_keep(scores[idx], k, higher_is_keep, generator)]
             for idx, k in zip(class_positions(ds), budgets)]
     return torch.sort(torch.cat(keep)).values if keep else torch.empty(0, dtype=torch.long)
+
+
+def keep_highest(ds: ImageDataset, scores, fraction: float, balance: bool,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(checked float scores, sorted kept indices) of a ranking selector that keeps the highest scores: per
+    class round(fraction·n_c) (``balance``) or the global top round(fraction·N), seeded tie-breaking."""
+    scores = check_scores(ds, scores).float().cpu()
+    if balance:
+        return scores, top_per_class(ds, scores, fraction, True, generator)
+    k = int(math.floor(fraction * len(ds) + 0.5))
+    return scores, torch.sort(ranked_keep(scores, k, True, generator)).values
 
 
 # --- herding / k-center: features of ctx.model -----------------------------------------------------------

@@ -1,5 +1,5 @@
 """Per-example gradient norms of the cross-entropy loss, shared by the selectors that score by them
-(GEDA; next EL2N/GraNd). Not a selector: registers nothing."""
+(GEDA, GraNd). Not a selector: registers nothing."""
 from __future__ import annotations
 
 import torch

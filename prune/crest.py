@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,7 @@ from smallset.models import seeded_model
 from smallset.train import accuracy
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.prune.submodular import euclidean_similarity, facility_location_greedy
+from smallset.prune._training import augment_flags, crop_flip, accuracy_on_test_split
 
 EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 
@@ -72,6 +74,9 @@ class CrestConfig:
         "help": "Drop only while the pool keeps more than this fraction of N (reference: 40000 of 50000)."})
     test_every: int = field(default=0, metadata={
         "help": "Evaluate on the test split every this many epochs (0: only at the end)."})
+    augment: Literal["none", "auto", "crop_flip", "crop"] = field(default="none", metadata={
+        "help": "Training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images); "
+                "selection and checks use clean inputs (docs/methods/crest.md)."})
 
 
 def parse_milestones(text: str) -> list[int]:
@@ -155,6 +160,8 @@ class _Crest:
         self.numel = sum(p.numel() for p in self.params)
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.gen = ctx.generator(1)  # random subsets, shuffles (CPU)
+        self.aug_flags = augment_flags(cfg.augment, ds.channels)  # (crop, flip) of the training batches
+        self.aug_gen = ctx.generator(3)  # their draws (CPU)
         self.hgen = torch.Generator(device=self.device).manual_seed(ctx.seed * 7919 + 2)  # Hutchinson vectors
         self.pools = [idx.clone() for idx in ds.class_indices()]
         self.record = torch.full((cfg.watch_interval, self.n), -1.0, device=self.device)
@@ -426,7 +433,7 @@ class _Crest:
     def _train_step(self, t: int, idx: torch.Tensor, w: torch.Tensor) -> None:
         """One SGD step on the weighted mini-batch (δ moves with it after epoch 0), or at LR 0 the forward pass
         only; adds the batch to the epoch's running loss and accuracy."""
-        xb, yb = self.x[idx], self.y[idx]
+        xb, yb = crop_flip(self.x[idx], self.aug_gen, *self.aug_flags), self.y[idx]
         lr = self._lr
         if lr > 0:
             out = self.model(xb)
@@ -487,11 +494,9 @@ class _Crest:
         }
         if self._epoch_test:
             info["epoch_test_accuracy"] = self._epoch_test
-        test = self.ctx.test
-        if test is not None:
-            if (test.channels, test.image_size) != (self.ds.channels, self.ds.image_size):
-                raise SmallsetError("The test split's image shape differs from the training set's.")
-            info["test_accuracy"] = accuracy(self.model, test, self.device)
+        acc = accuracy_on_test_split(self.model, self.ctx, self.ds)
+        if acc is not None:
+            info["test_accuracy"] = acc
         return info
 
 @register_selector("crest")

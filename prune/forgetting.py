@@ -19,7 +19,7 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
-from smallset.prune._features import check_scores, ranked_keep, seeded_model, sgd_epochs, top_per_class
+from smallset.prune._features import keep_highest, seeded_model, sgd_epochs
 
 
 def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "toneva") -> torch.Tensor:
@@ -118,13 +118,7 @@ class ForgettingSelector(Selector):
         if scores is None:
             scores = self.prepare(ds, ctx)
             info.update(self.score_info)
-        scores = check_scores(ds, scores).float().cpu()
-        gen = ctx.generator(17)
-        if self.config.balance:
-            indices = top_per_class(ds, scores, fraction, True, gen)
-        else:
-            k = int(math.floor(fraction * len(ds) + 0.5))
-            indices = torch.sort(ranked_keep(scores, k, True, gen)).values
+        scores, indices = keep_highest(ds, scores, fraction, self.config.balance, ctx.generator(17))
         kept = scores[indices]
         info.update({
             "unforgettable_fraction": float((scores == 0).float().mean()),

@@ -1,0 +1,249 @@
+"""Training-time methods in one harness: InfoBatch, CREST, random subsets at the same steps and full data, on the
+same schedule, seeds, model, augmentation and machine (docs/methods/infobatch.md, docs/methods/crest.md).
+
+For each dataset:seed group every arm starts from the same initial weights (``seeded_model(model, …, seed)``)
+and trains with SGD on CREST's warm-up + multi-step schedule scaled to ``--epochs``, with the same crop/flip
+augmentation of the training batches (``--augment``; ``auto`` flips colour images only):
+
+- ``full``: every epoch a pass over the shuffled full training set;
+- ``infobatch``: InfoBatch at its own budget (fraction 1: r = ``--prune-ratio``, δ = ``--delta``);
+- ``random-ib``: every epoch a fresh uniform random subset of the size InfoBatch kept in that epoch (same seed),
+  unit weights: random dynamic pruning at InfoBatch's exact per-epoch image count;
+- ``random@f``: every epoch a fresh uniform random subset of floor(f·N), one pass (CREST's step budget);
+- ``crest@f``: :class:`smallset.prune.crest.CrestSelector` at fraction f (same steps; ``--crest-fast`` adds the
+  documented CPU options consistent_check and check_subsets=1);
+- ``infobatch@f``: InfoBatch at fraction f, i.e. round(f·epochs) epochs of the compressed schedule.
+
+Reported per run: final test accuracy, wall seconds of training (selection and checks included, test
+evaluation excluded), SGD steps and image passes (examples through a training forward pass, LR-0 warm-up
+epochs included; CREST's are its steps' batch sizes, without its selection and check passes), and the
+speed-up over ``full`` of the same seed. One JSON line per run (``--json``); ``--table-only`` re-prints the table.
+
+Smoke run (seconds):
+    .venv/bin/python benchmarks/bench_training.py --plan mnist-mini:0 --epochs 2 --lr-milestones "" \\
+        --fractions 0.2 --model convnet --model-arg width=16 --model-arg norm=batchnorm
+Full runs: the commands in docs/methods/infobatch.md#infobatch-benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from smallset import prune  # noqa: E402,F401
+from smallset.context import RunContext  # noqa: E402
+from smallset.data import load_source  # noqa: E402
+from smallset.models import seeded_model  # noqa: E402
+from smallset.prune._training import augment_flags, crop_flip, parse_epochs, warmup_multistep_lr  # noqa: E402
+from smallset.prune.crest import CrestConfig, CrestSelector  # noqa: E402
+from smallset.prune.infobatch import InfoBatchConfig, InfoBatchSelector  # noqa: E402
+from smallset.train import accuracy  # noqa: E402
+
+DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",
+            "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
+ARMS = ("full", "infobatch", "random-ib", "random", "crest", "infobatch-f")  # the last three per fraction
+
+
+def model_kwargs(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def train_baseline(ds, test, recipe: dict, args, seed: int, device, sizes: list[int]) -> dict:
+    """Epoch e trains on a fresh uniform random subset of ``sizes[e]`` examples (N: the full data), one pass,
+    unit weights, on the shared schedule and augmentation (forward only at LR 0, as CREST and InfoBatch)."""
+    mk = model_kwargs(args.model_arg)
+    model = seeded_model(args.model, ds.channels, ds.num_classes, ds.image_size, seed, **mk).to(device)
+    x, y = ds.normalized().to(device), ds.labels.to(device)
+    n, B = len(ds), recipe["batch_size"]
+    opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                          weight_decay=recipe["weight_decay"])
+    gen = torch.Generator().manual_seed(seed * 7919 + 11)
+    aug_gen = torch.Generator().manual_seed(seed * 7919 + 12)
+    crop, flip = augment_flags(args.augment, ds.channels)
+    milestones = parse_epochs(recipe["lr_milestones"])
+    steps = passes = 0
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for epoch, size in enumerate(sizes):
+        lr = warmup_multistep_lr(recipe["lr"], epoch, recipe["warmup_epochs"], milestones, recipe["lr_gamma"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = torch.randperm(n, generator=gen)[:size].to(device)
+        for s in range(0, size, B):
+            idx = perm[s:s + B]
+            xb = crop_flip(x[idx], aug_gen, crop, flip)
+            if lr > 0:
+                loss = F.cross_entropy(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    model(xb)
+            steps += 1
+            passes += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    return {"test_accuracy": accuracy(model, test, device), "train_seconds": secs, "steps": steps,
+            "image_passes": passes}
+
+
+def run_infobatch(ds, test, recipe: dict, args, seed: int, device, fraction: float) -> dict:
+    cfg = InfoBatchConfig(**recipe, prune_ratio=args.prune_ratio, delta=args.delta, augment=args.augment)
+    ctx = RunContext(seed=seed, device=device, model=args.model, model_kwargs=model_kwargs(args.model_arg), test=test)
+    info = InfoBatchSelector(cfg).select(ds, fraction, ctx).info
+    return {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
+            "steps": int(info["steps"]), "image_passes": int(info["image_passes"] + info["forward_only_passes"]),
+            "epochs": int(info["epochs"]), "epoch_kept": [int(k) for k in info["epoch_kept"]],
+            "saved_fraction": info["saved_fraction"]}
+
+
+def run_crest(ds, test, recipe: dict, args, seed: int, device, fraction: float) -> dict:
+    fast = {"consistent_check": True, "check_subsets": 1} if args.crest_fast else {}
+    cfg = CrestConfig(**recipe, augment=args.augment, drop_interval=args.drop_interval, **fast)
+    ctx = RunContext(seed=seed, device=device, model=args.model, model_kwargs=model_kwargs(args.model_arg), test=test)
+    sel = CrestSelector(cfg).select(ds, fraction, ctx)
+    info = sel.info
+    return {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
+            "steps": int(info["steps"]), "image_passes": int(info["steps"]) * cfg.batch_size,  # batches of B
+            "selection_seconds": info["selection_seconds"], "selections": int(info["selections"]),
+            "distinct_examples": len(sel.indices)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", default="mnist:0,cifar10:0,mnist:1,cifar10:1,mnist:2,cifar10:2",
+                    help="dataset:seed groups, run in this order (datasets: " + ", ".join(DATASETS) + ")")
+    ap.add_argument("--model", default="convnet", help="a registered model (convnet, resnet18, lenet, …)")
+    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="model option, e.g. norm=batchnorm width=64 (repeatable)")
+    ap.add_argument("--augment", default="auto", choices=["none", "auto", "crop_flip", "crop"],
+                    help="training-batch augmentation of every arm (auto: crop, plus flip on colour images)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of every arm (CREST's default 0)")
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--warmup-epochs", type=int, default=0)
+    ap.add_argument("--lr-milestones", default="6,9", help="decay epochs (after the warm-up), comma-separated")
+    ap.add_argument("--lr-gamma", type=float, default=0.1)
+    ap.add_argument("--prune-ratio", type=float, default=0.5, help="InfoBatch's r")
+    ap.add_argument("--delta", type=float, default=0.875, help="InfoBatch's δ")
+    ap.add_argument("--fractions", default="0.1,0.2", help="fractions of the random/crest/infobatch-f arms")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms of {', '.join(ARMS)}")
+    ap.add_argument("--crest-fast", action="store_true", help="CREST with consistent_check and check_subsets=1")
+    ap.add_argument("--drop-interval", type=int, default=1, help="CREST's drop_interval (scaled to short runs)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--json", default="", help="append one JSON line per run here")
+    ap.add_argument("--table-only", action="store_true", help="re-print the table of the --json file and exit")
+    args = ap.parse_args(argv)
+    if args.table_only:
+        if not args.json or not Path(args.json).exists():
+            ap.error("--table-only needs --json FILE written by an earlier run")
+        summarize([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()])
+        return
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if set(arms) - set(ARMS):
+        ap.error(f"unknown --arms {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                  weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                  lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma)
+    fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
+    began = time.perf_counter()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
+          f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
+          f"augment={args.augment}", flush=True)
+    print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
+    rows, sources = [], {}
+    for name, seed in plan:
+        if name not in sources:
+            t = time.perf_counter()
+            src = load_source(DATASETS.get(name, name))
+            sources[name] = (src.train, src.test)
+            print(f"# loaded {name}: {len(src.train)} train / {len(src.test)} test in "
+                  f"{time.perf_counter() - t:.1f}s", flush=True)
+        ds, test = sources[name]
+        n = len(ds)
+        runs = [(a, None) for a in ("full", "infobatch", "random-ib") if a in arms]
+        runs += [(a, f) for f in fractions for a in ("random", "crest", "infobatch-f") if a in arms]
+        ib_kept = None
+        for arm, f in runs:
+            if arm == "full":
+                res = train_baseline(ds, test, recipe, args, seed, device, [n] * args.epochs)
+            elif arm == "infobatch":
+                res = run_infobatch(ds, test, recipe, args, seed, device, 1.0)
+                ib_kept = res["epoch_kept"]
+            elif arm == "random-ib":
+                if ib_kept is None:
+                    ib_kept = run_infobatch(ds, test, recipe, args, seed, device, 1.0)["epoch_kept"]
+                res = train_baseline(ds, test, recipe, args, seed, device, ib_kept)
+            elif arm == "random":
+                res = train_baseline(ds, test, recipe, args, seed, device, [math.floor(n * f)] * args.epochs)
+            elif arm == "crest":
+                res = run_crest(ds, test, recipe, args, seed, device, f)
+            else:
+                res = run_infobatch(ds, test, recipe, args, seed, device, f)
+            label = {"infobatch-f": "infobatch"}.get(arm, arm)
+            row = {"dataset": name, "seed": seed, "run": label if f is None else f"{label}@{f:g}", **res,
+                   "model": args.model, "model_kwargs": model_kwargs(args.model_arg), "augment": args.augment,
+                   "recipe": recipe, "elapsed": round(time.perf_counter() - began, 1),
+                   "load1": round(os.getloadavg()[0], 2)}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "epoch_kept")}), flush=True)
+            if args.json:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+    summarize(rows)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Markdown table: mean ± std over seeds; Δ and speed-up against ``full`` of the same seed."""
+    print("\n| dataset | run | SGD steps | image passes | test acc. (%) | Δ vs full | train s | speed-up vs full "
+          "| seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        full = {r["seed"]: r for r in rows if r["dataset"] == name and r["run"] == "full"}
+        for run in dict.fromkeys(r["run"] for r in rows if r["dataset"] == name):
+            rs = [r for r in rows if r["dataset"] == name and r["run"] == run]
+            acc = [100 * r["test_accuracy"] for r in rs]
+            sd = statistics.pstdev(acc) if len(acc) > 1 else 0.0
+            with_full = [r for r in rs if r["seed"] in full]
+            delta = spd = "–"
+            if with_full:
+                gain = [100 * (r["test_accuracy"] - full[r["seed"]]["test_accuracy"]) for r in with_full]
+                speed = [full[r["seed"]]["train_seconds"] / r["train_seconds"] for r in with_full]
+                delta, spd = f"{statistics.mean(gain):+.2f}", f"{statistics.mean(speed):.2f}×"
+            print(f"| {name} | {run} | {statistics.mean(r['steps'] for r in rs):.0f} | "
+                  f"{statistics.mean(r['image_passes'] for r in rs):.0f} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
+                  f"{delta} | {statistics.mean(r['train_seconds'] for r in rs):.1f} | {spd} | {len(rs)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Training helpers shared by the selectors that train networks themselves (the EL2N/GraNd scoring runs,
+InfoBatch, CREST's optional augmentation): random crop + horizontal flip on normalised batches, and the
+warm-up + multi-step learning-rate schedule of CREST's reference code.
+
+Not a selector (registers nothing). Rationale: docs/methods/el2n.md#el2n-recipe and
+docs/methods/infobatch.md#infobatch-recipe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from smallset.errors import SmallsetError
+
+# The values of every ``augment`` option (a Literal in the configs, repeated there because a Literal needs
+# its values written out).
+AUGMENTS = ("none", "auto", "crop_flip", "crop")
+CROP_PAD = 4  # pixels of reflect padding before the random crop (the CIFAR recipes: pad 4, crop 32)
+
+
+def augment_flags(mode: str, channels: int) -> tuple[bool, bool]:
+    """(crop, flip) for an ``augment`` option: ``auto`` crops every image set and flips only colour images
+    (digits are not mirror-symmetric; the same rule as the DSA default strategy)."""
+    if mode not in AUGMENTS:
+        raise SmallsetError(f"augment must be one of {', '.join(AUGMENTS)}, not {mode!r}.", option="augment")
+    if mode == "none":
+        return False, False
+    if mode == "crop":
+        return True, False
+    if mode == "crop_flip":
+        return True, True
+    return True, int(channels) != 1
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, crop: bool = True, flip: bool = True,
+              pad: int = CROP_PAD) -> torch.Tensor:
+    """Per-example random crop of the reflect-padded batch (``pad`` pixels each side, the crop the size of
+    the input) and horizontal flip with probability 1/2.
+
+    ``x`` is an N×C×H×W batch on any device; the random numbers come from the CPU ``generator`` (offsets
+    first, then flips), so the result is the same on every device. The padding is capped at H−1 and W−1
+    (reflect padding needs it).
+    """
+    n, _, h, w = x.shape
+    if n == 0 or not (crop or flip):
+        return x
+    out = x
+    if crop:
+        p = max(0, min(int(pad), h - 1, w - 1))
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        if p > 0:
+            padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)  # N×H'×W'×C
+            rows = oy[:, None] + torch.arange(h, device=x.device)  # N×H
+            cols = ox[:, None] + torch.arange(w, device=x.device)  # N×W
+            batch = torch.arange(n, device=x.device)[:, None, None]
+            out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out.contiguous()
+
+
+def parse_epochs(text: str, option: str = "lr_milestones") -> list[int]:
+    """``"100,150"`` → [100, 150] (sorted); an empty string means none."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        out = sorted(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SmallsetError(f"{option} must be comma-separated whole epochs like 100,150; got {text!r}.",
+                            option=option) from None
+    if any(m < 0 for m in out):
+        raise SmallsetError(f"{option} cannot contain negative epochs; got {text!r}.", option=option)
+    return out
+
+
+def warmup_multistep_lr(lr: float, epoch: int, warmup_epochs: int, milestones: list[int], gamma: float) -> float:
+    """CREST's reference schedule (docs/methods/crest.md#crest-optimiser-schedule): lr·e/warmup for epochs
+    e ≤ warmup (so epoch 0 runs at LR 0), then one ``gamma`` decay per milestone m with e ≥ warmup + 1 + m.
+    With ``warmup_epochs = 0`` the milestones are plain epochs: lr·gamma^#{m ≤ e}."""
+    if warmup_epochs > 0 and epoch <= warmup_epochs:
+        return lr * epoch / warmup_epochs
+    shift = warmup_epochs + 1 if warmup_epochs > 0 else 0
+    return lr * gamma ** sum(1 for m in milestones if epoch >= shift + m)
+
+
+def accuracy_on_test_split(model, ctx, train) -> float | None:
+    """The trained model's accuracy on ``ctx.test`` (None without a test split): what a training-time method
+    (CREST, InfoBatch) reports as its own result."""
+    from smallset.train import accuracy
+
+    test = ctx.test
+    if test is None:
+        return None
+    if (test.channels, test.image_size) != (train.channels, train.image_size):
+        raise SmallsetError("The test split's image shape differs from the training set's.")
+    return accuracy(model, test, ctx.device)
