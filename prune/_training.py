@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smallset.augment import crop_flip  # noqa: F401  (re-exported: the methods' batch augmentation)
 from smallset.errors import SmallsetError
 
 # The values of every ``augment`` option (a Literal in the configs, repeated there because a Literal needs
 # its values written out).
 AUGMENTS = ("none", "auto", "crop_flip", "crop")
-CROP_PAD = 4  # pixels of reflect padding before the random crop (the CIFAR recipes: pad 4, crop 32)
 
 
 def augment_flags(mode: str, channels: int) -> tuple[bool, bool]:
@@ -30,35 +30,6 @@ def augment_flags(mode: str, channels: int) -> tuple[bool, bool]:
     if mode == "crop_flip":
         return True, True
     return True, int(channels) != 1
-
-
-def crop_flip(x: torch.Tensor, generator: torch.Generator, crop: bool = True, flip: bool = True,
-              pad: int = CROP_PAD) -> torch.Tensor:
-    """Per-example random crop of the reflect-padded batch (``pad`` pixels each side, the crop the size of
-    the input) and horizontal flip with probability 1/2.
-
-    ``x`` is an N×C×H×W batch on any device; the random numbers come from the CPU ``generator`` (offsets
-    first, then flips), so the result is the same on every device. The padding is capped at H−1 and W−1
-    (reflect padding needs it).
-    """
-    n, _, h, w = x.shape
-    if n == 0 or not (crop or flip):
-        return x
-    out = x
-    if crop:
-        p = max(0, min(int(pad), h - 1, w - 1))
-        oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-        if p > 0:
-            padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)  # N×H'×W'×C
-            rows = oy[:, None] + torch.arange(h, device=x.device)  # N×H
-            cols = ox[:, None] + torch.arange(w, device=x.device)  # N×W
-            batch = torch.arange(n, device=x.device)[:, None, None]
-            out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out.contiguous()
 
 
 def parse_epochs(text: str, option: str = "lr_milestones") -> list[int]:

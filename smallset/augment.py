@@ -350,17 +350,41 @@ def dc_augment(x: torch.Tensor, generator: torch.Generator, strategy: str | None
     return out
 
 
+CROP_PAD = 4  # pixels of reflect padding before the random crop (the CIFAR recipes: pad 4, crop 32)
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, crop: bool = True, flip: bool = True,
+              pad: int = CROP_PAD) -> torch.Tensor:
+    """Per-example random crop of the reflect-padded batch (``pad`` pixels each side, the crop the size of
+    the input) and horizontal flip with probability 1/2.
+
+    ``x`` is an N×C×H×W batch on any device; the random numbers come from the CPU ``generator`` (offsets
+    first, then flips), so the result is the same on every device. The padding is capped at H−1 and W−1
+    (reflect padding needs it).
+    """
+    n, _, h, w = x.shape
+    if n == 0 or not (crop or flip):
+        return x
+    out = x
+    if crop:
+        p = max(0, min(int(pad), h - 1, w - 1))
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        if p > 0:
+            padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)  # N×H'×W'×C
+            rows = oy[:, None] + torch.arange(h, device=x.device)  # N×H
+            cols = ox[:, None] + torch.arange(w, device=x.device)  # N×W
+            batch = torch.arange(n, device=x.device)[:, None, None]
+            out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out.contiguous()
+
+
 def crop_flip_augment(x: torch.Tensor, generator: torch.Generator, strategy: str | None = None) -> torch.Tensor:
-    """The coreset papers' CIFAR augmentation: a random crop after 4 px zero padding (zero in normalised
-    space, i.e. the mean pixel) and a horizontal flip with probability ½, per image."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
-    offsets = torch.randint(9, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    rows = [padded[i, :, int(offsets[i, 0]):int(offsets[i, 0]) + h, int(offsets[i, 1]):int(offsets[i, 1]) + w]
-            for i in range(n)]
-    out = torch.stack(rows)
-    return torch.where(flips.to(x.device).view(n, 1, 1, 1), out.flip(-1), out)
+    """The coreset papers' training augmentation as an evaluation augmentation: :func:`crop_flip`."""
+    return crop_flip(x, generator, crop=True, flip=True)
 
 
 def _factory(fn, validate=None):
