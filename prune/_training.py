@@ -7,10 +7,14 @@ docs/methods/infobatch.md#infobatch-recipe.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from smallset.augment import crop_flip  # noqa: F401  (re-exported: the methods' batch augmentation)
+from smallset.config import option
 from smallset.errors import SmallsetError
 
 # The values of every ``augment`` option (a Literal in the configs, repeated there because a Literal needs
@@ -68,3 +72,23 @@ def accuracy_on_test_split(model, ctx, train) -> float | None:
     if (test.channels, test.image_size) != (train.channels, train.image_size):
         raise SmallsetError("The test split's image shape differs from the training set's.")
     return accuracy(model, test, ctx.device)
+
+
+@dataclass
+class TrainingSchedule:
+    """The training recipe of the training-time methods, with CREST's reference defaults and CREST's field
+    names (docs/methods/crest.md#crest-optimiser-schedule): a method and its baseline on these fields train on
+    the same schedule."""
+
+    epochs: int = option(200, "epochs of the full run; the budget is fraction × epochs × ceil(N / batch) SGD steps",
+                         prepare=False)
+    batch_size: int = option(128, "SGD mini-batch size")
+    lr: float = option(0.1, "peak SGD learning rate")
+    momentum: float = option(0.0, "SGD momentum (CREST's reference passes none)")
+    weight_decay: float = option(1e-4, "SGD weight decay")
+    warmup_epochs: int = option(20, "linear LR warm-up epochs (epoch 0 runs at LR 0)")
+    lr_milestones: str = option("100,150", "comma-separated epochs, counted after the warm-up, at which the LR is "
+                                           "multiplied by lr_gamma")
+    lr_gamma: float = option(0.1, "LR decay factor at each milestone")
+    augment: Literal["none", "auto", "crop_flip", "crop"] = option(
+        "none", "training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images)")

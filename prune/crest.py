@@ -111,7 +111,7 @@ def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
     n_sub = math.floor(n * fraction)
     if n_sub < 1:
         raise SmallsetError(
-            f"--fraction {fraction} of {n} examples is less than one example; use a larger fraction.")
+            f"fraction {fraction} of {n} examples is less than one example; use a larger fraction.", option="fraction")
     spe = math.ceil(n_sub / cfg.batch_size)
     return spe, cfg.epochs * spe
 
@@ -507,6 +507,7 @@ class CrestSelector(Selector):
     model's test accuracy and the training curves. See docs/methods/crest.md."""
 
     config_cls = CrestConfig
+    trains_model = True
     demo = {"epochs": 10, "warmup_epochs": 1}
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": "", "random_subset_size": 0.3,
              "num_minibatch_coreset": 2, "drop_learned": False}

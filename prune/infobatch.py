@@ -267,6 +267,7 @@ class InfoBatchSelector(Selector):
     docs/methods/infobatch.md."""
 
     config_cls = InfoBatchConfig
+    trains_model = True
     demo = {"epochs": 150, "warmup_epochs": 0, "lr_milestones": ""}  # at the demo's 2 %: 3 epochs, 1 pruned
     smoke = {"epochs": 8, "batch_size": 8, "warmup_epochs": 0, "lr_milestones": "", "delta": 0.75,
              "augment": "crop_flip"}

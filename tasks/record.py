@@ -94,10 +94,18 @@ def log_gains(rows: list[dict]) -> None:
     ``gain_over_random`` of its MLflow run, so the runs table compares it directly."""
     random = {(r["n_examples"], r["seed"]): r["test_accuracy"] for r in rows
               if r["method"] == "random" and r.get("test_accuracy") is not None}
+    # training-time methods: their own model against random subsets at the same step budget and schedule
+    random_steps = {(r["budget"], r["seed"]): r["method_test_accuracy"] for r in rows
+                    if r["method"] == "random_steps" and r.get("method_test_accuracy") is not None}
     for r in rows:
-        base = random.get((r["n_examples"], r["seed"]))
-        if r["method"] not in ("random", "full") and base is not None and r.get("test_accuracy") is not None:
-            r["gain_over_random"] = r["test_accuracy"] - base
+        if r["method"] in ("random", "random_steps", "full"):
+            continue
+        if r.get("method_test_accuracy") is not None:
+            own, base = r["method_test_accuracy"], random_steps.get((r["budget"], r["seed"]))
+        else:
+            own, base = r.get("test_accuracy"), random.get((r["n_examples"], r["seed"]))
+        if own is not None and base is not None:
+            r["gain_over_random"] = own - base
             tracking.log_metrics(r["run_id"], {"gain_over_random": r["gain_over_random"]})
 
 

@@ -14,7 +14,8 @@ COLUMNS = [
 
 SUMMARY_COLUMNS = [
     ("method", "method"), ("kind", "kind"), ("budget", "budget"), ("n_examples", "images"), ("steps", "steps"),
-    ("seeds", "seeds"), ("runs", "runs"), ("accuracy", "accuracy %"), ("accuracy_std", "± %"),
+    ("judged_by", "accuracy of"), ("seeds", "seeds"), ("runs", "runs"), ("accuracy", "accuracy %"),
+    ("accuracy_std", "± %"),
     ("gain", "gain vs random (pts)"), ("gain_se", "± s.e."),
 ]
 
@@ -65,21 +66,27 @@ def summarize(rows: list[dict]) -> list[dict]:
     (± the standard error of the difference of means). Full-data rows are kept as they are."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["kind"], r["budget"], r["n_examples"]), []).append(r)
+        trained = r.get("method_test_accuracy") is not None  # a training-time method: judged by its own model
+        groups.setdefault((r["method"], r["kind"], r["budget"], None if trained else r["n_examples"]), []).append(r)
     out = []
     for (method, kind, budget, n), members in groups.items():
-        accs = [a for r in members for a in (r.get("test_accuracies") or
-                                             ([r["test_accuracy"]] if r.get("test_accuracy") is not None else []))]
+        trained = n is None
+        accs = [a for r in members for a in _accuracies(r)]
         mean, std = _mean_std(accs)
-        row = {"method": method, "kind": kind, "budget": budget, "n_examples": n,
+        row = {"method": method, "kind": kind, "budget": budget,
+               "n_examples": members[0]["n_examples"] if not trained else
+               round(sum(r["n_examples"] for r in members) / len(members)),
                "steps": members[0].get("method_steps") or members[0].get("eval_steps"),
+               "judged_by": "its own training" if trained else "the evaluation recipe",
                "seeds": len({r["seed"] for r in members}), "runs": len(accs), "accuracy": mean,
                "accuracy_std": std if len(accs) >= MIN_RUNS_FOR_SPREAD else None, "gain": None, "gain_se": None}
-        baseline = groups.get(("random", "prune", _random_budget(groups, n), n)) if method != "random" else None
+        if trained:  # against random subsets at the same step budget and schedule
+            baseline = groups.get(("random_steps", "prune", budget, None)) if method != "random_steps" else None
+        else:  # against random subsets of the same number of images, retrained with the same recipe
+            baseline = groups.get(("random", "prune", _random_budget(groups, n), n)) if method != "random" else None
         if baseline and mean is not None and kind != "full":
             seeds = {r["seed"] for r in members}
-            base = [a for r in baseline if r["seed"] in seeds
-                    for a in (r.get("test_accuracies") or [r["test_accuracy"]])]
+            base = [a for r in baseline if r["seed"] in seeds for a in _accuracies(r)]
             b_mean, b_std = _mean_std(base)
             if b_mean is not None:
                 row["gain"] = mean - b_mean
@@ -87,6 +94,13 @@ def summarize(rows: list[dict]) -> list[dict]:
                     row["gain_se"] = (std ** 2 / len(accs) + b_std ** 2 / len(base)) ** 0.5
         out.append(row)
     return out
+
+
+def _accuracies(row: dict) -> list[float]:
+    """A training-time method's own model accuracy, else every evaluation run's accuracy."""
+    if row.get("method_test_accuracy") is not None:
+        return [row["method_test_accuracy"]]
+    return row.get("test_accuracies") or ([row["test_accuracy"]] if row.get("test_accuracy") is not None else [])
 
 
 def _random_budget(groups: dict, n: int) -> str | None:

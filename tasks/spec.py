@@ -70,13 +70,12 @@ class Cell:
 
 
 def check_budget(kind: str, budget: Budget) -> Budget:
-    from smallset.prune.base import check_fraction
+    from smallset.budget import check_fraction, check_ipc_value
 
     if kind == "prune" and budget.fraction is not None:
         return Budget(fraction=check_fraction(budget.fraction), ipc=budget.ipc)
     if kind == "distill" and budget.ipc is not None:
-        if isinstance(budget.ipc, bool) or int(budget.ipc) != budget.ipc or budget.ipc < 1:
-            raise SmallsetError(f"ipc must be a whole number of at least 1; got {budget.ipc}.", option="ipc")
+        check_ipc_value(budget.ipc)
     return budget
 
 
@@ -91,18 +90,68 @@ def check_options(options: RunOptions) -> None:
     resolve_device(options.device)
 
 
-def check_output(output: str | None) -> None:
+def check_output(output: str | None, option: str = "output") -> None:
+    """An output path that can be written: not a directory or a device, inside a writable directory."""
+    import os
+
     if not output:
         return
     path = Path(output)
     if path.is_dir():
-        raise SmallsetError(f"output {output} is a directory; give a file name ending in .parquet.", option="output")
+        raise SmallsetError(f"{option} {output} is a directory; give a file name ending in .parquet.", option=option)
+    if path.exists() and not path.is_file():
+        raise SmallsetError(f"{option} {output} exists and is not a regular file; give a file name ending in "
+                            f".parquet.", option=option)
     parent = path.parent if str(path.parent) else Path(".")
     probe = parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise SmallsetError(f"output {output} is inside {probe}, which is a file, not a directory.", option="output")
+        raise SmallsetError(f"{option} {output} is inside {probe}, which is a file, not a directory.", option=option)
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise SmallsetError(f"{option} {output} cannot be written: {probe} is not writable; choose a writable "
+                            f"place.", option=option)
+
+
+def _wrong_kind(method: str, actual: str) -> SmallsetError:
+    what = "a distillation" if actual == "distill" else "a pruning"
+    return SmallsetError(f"{method} is {what} method; run it with `smallset {actual}`.")
+
+
+DEVICE_FORM = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(device: str) -> None:
+    if not DEVICE_FORM.match(str(device)):
+        raise SmallsetError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.")
+
+
+def precheck_options(options: RunOptions) -> None:
+    """:func:`check_options` as far as names go (the catalogue; no torch)."""
+    from smallset.tasks import catalog
+
+    for name in [options.model, *options.eval_models]:
+        catalog.check_model(name)
+    catalog.check_protocol(options.protocol)
+    catalog.check_augmentation(options.eval_augment)
+    check_device_name(options.device)
+
+
+def precheck_cell(method: str, budget: Budget, options: RunOptions, overrides: dict | None = None, *,
+                  kind: str | None = None, output: str | None = None) -> None:
+    """:func:`resolve_cell`'s checks that need only names and values, from the catalogue
+    (:mod:`smallset.tasks.catalog`) without importing torch: the command line's refusals in well under a
+    second. The same sentences as :func:`resolve_cell`, which still runs (and checks the rest) before any
+    work starts."""
+    from smallset.tasks import catalog
+
+    info = catalog.method_info(method)
+    if kind is not None and info["kind"] != kind:
+        raise _wrong_kind(method, info["kind"])
+    check_budget(info["kind"], budget)
+    catalog.check_overrides(method, overrides)
+    precheck_options(options)
+    check_output(output)
 
 
 def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: dict | None = None, *,
@@ -114,8 +163,7 @@ def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: di
     """
     cls = method_class(method)
     if kind is not None and cls.kind != kind:
-        what = "a distillation" if cls.kind == "distill" else "a pruning"
-        raise SmallsetError(f"{method} is {what} method; run it with `smallset {cls.kind}`.")
+        raise _wrong_kind(method, cls.kind)
     budget = check_budget(cls.kind, budget)
     config = cls.make_config(overrides, budget.ipc if cls.kind == "distill" else None)
     check_options(options)
@@ -126,15 +174,29 @@ def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: di
 
 def check_source(source: str) -> None:
     """The source string's form and, for local paths, that they exist (no data is read)."""
-    from smallset.data import SOURCES
+    from smallset.tasks.catalog import check_source_type
 
     if ":" not in source:
         raise SmallsetError(f"Source {source!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet "
                             f"or builtin:mnist-mini.", option="source")
     kind, arg = source.split(":", 1)
-    SOURCES.get(kind)
+    check_source_type(kind)
     if kind in ("parquet", "folder") and not Path(arg).expanduser().exists():
         raise SmallsetError(f"No such file or directory: {arg}; give an existing path after {kind}:.", option="source")
+
+
+def check_budget_fits(cell: Cell, ds) -> None:
+    """The budget checks that need the data, before any preparation: a fraction must keep an example of
+    every class, an ipc must not exceed the smallest class."""
+    budget = cell.budget.for_kind(cell.kind, len(ds), ds.num_classes)
+    if cell.kind == "prune":
+        from smallset.prune.base import check_fraction_fits
+
+        check_fraction_fits(budget.fraction, ds.class_counts())
+    else:
+        from smallset.distill.base import check_ipc
+
+        check_ipc(budget.ipc, ds)
 
 
 def default_output(source_id: str, cell: Cell, out_dir: str | Path = "smallset-out") -> Path:
@@ -153,6 +215,7 @@ def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], opti
     for name in params:
         if name not in methods:
             raise SmallsetError(f"Options are given for {name}, which is not among the methods compared.")
+    methods, params = with_training_baseline(methods, params)
     cells = []
     for method in methods:
         kind = method_class(method).kind
@@ -166,3 +229,20 @@ def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], opti
                 cells.append(resolve_cell(method, b, options.model_copy(update={"seed": seed}),
                                           params.get(method, {})))
     return cells
+
+
+TRAINING_BASELINE = "random_steps"
+
+
+def with_training_baseline(methods: list[str], params: dict[str, dict]) -> tuple[list[str], dict[str, dict]]:
+    """A training-time method (CREST, InfoBatch) is judged against random subsets at its own step budget and
+    schedule, not against a set retrained with the evaluation recipe: when one is compared, ``random_steps``
+    joins with the schedule options the first such method was given (the fields both configs share)."""
+    import dataclasses
+
+    trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
+    if not trainers or TRAINING_BASELINE in methods:
+        return methods, params
+    shared = {f.name for f in dataclasses.fields(method_class(TRAINING_BASELINE).config_cls)}
+    options = {k: v for k, v in params.get(trainers[0], {}).items() if k in shared}
+    return [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
