@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.augment import get_augmentation
+from smallset.interrupt import check_stop
 from smallset.models import seeded_model
 from smallset.registry import Registry
 
@@ -59,8 +60,8 @@ class Protocol:
 
     def decay_after(self, n: int) -> int | None:
         """The pass index after which the lr drops ×0.1 (step schedules), else None."""
-        if self.schedule == "reference":
-            return self.epochs // 2 + 1
+        if self.schedule == "reference":  # E = the passes minus one, min_steps included
+            return (self.epochs_for(n) - 1) // 2 + 1
         if self.schedule == "half":
             return self.epochs_for(n) // 2
         return None
@@ -172,6 +173,7 @@ def fit(
         perm = torch.randperm(len(train), generator=gen).to(device)
         total, count = 0.0, 0
         for start in range(0, len(train), protocol.batch_size):
+            check_stop()
             idx = perm[start:start + protocol.batch_size]
             xb = x[idx]
             if augment is not None:
@@ -187,6 +189,15 @@ def fit(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / count)
+        if not math.isfinite(losses[-1]):
+            if bar is not None:
+                bar.close()
+            extreme = float(x.abs().max()) if len(x) else 0.0
+            raise SmallsetError(
+                f"The evaluation training diverged: its loss is {losses[-1]} in epoch {ep + 1} of {epochs} "
+                f"({protocol.name} recipe, lr {protocol.lr:g}); the training set's largest normalised pixel is "
+                f"{extreme:.3g}. Check the reduced set (a diverged method writes extreme pixels) or pick another "
+                f"protocol.", option="protocol")
         if bar is not None:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
