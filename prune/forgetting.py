@@ -48,8 +48,9 @@ class ForgettingConfig:
         "help": "epochs (= presentations per example) of the scoring training run (DeepCore paper: 10)"})
     score_runs: int = field(default=1, metadata={"prepare": True, 
         "help": "independently seeded scoring runs whose counts are summed (Toneva: 5, DeepCore: 1)"})
-    never_learned: Literal["toneva", "deepcore"] = field(default="toneva", metadata={"prepare": True, 
-        "help": "count for never-correct examples: toneva = number of presentations, deepcore = 0"})
+    never_learned: Literal["toneva", "deepcore"] = field(default="deepcore", metadata={"prepare": True,
+        "help": "count for never-correct examples: deepcore = 0 (default, measured better: BENCHMARKS.md), "
+                "toneva = number of presentations"})
     balance: bool = field(default=True, metadata={
         "help": "keep round(fraction*n_c) per class (DeepCore default); off: the global top fraction"})
     lr: float = field(default=0.1, metadata={"prepare": True, "help": "SGD learning rate of the scoring run (constant)"})

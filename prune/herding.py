@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 
 from smallset.prune.base import register_selector
+from dataclasses import dataclass
+
 from smallset.prune._features import FeatureConfig, FeatureSelector
+
+
+@dataclass
+class HerdingConfig(FeatureConfig):
+    """Features of the untrained (seeded) model by default: measured better than a model trained 5 epochs at
+    every fraction of MNIST (BENCHMARKS.md, "Defaults chosen by measurement")."""
 
 
 def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,7 +47,7 @@ def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:
 class HerdingSelector(FeatureSelector):
     """Herding (greedy mean matching) per class on ``model.embed`` features."""
 
-    config_cls = FeatureConfig
+    config_cls = HerdingConfig
     quality_key = "herding_mean_error"
 
     def greedy_order(self, feats, k):

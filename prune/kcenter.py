@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass, field
+
 from smallset.prune.base import register_selector
 from smallset.prune._features import FeatureConfig, FeatureSelector
+
+
+@dataclass
+class KCenterConfig(FeatureConfig):
+    """Features of the model trained 5 epochs by default: measured better than the untrained model's at every
+    fraction of MNIST (BENCHMARKS.md, "Defaults chosen by measurement")."""
+
+    feature_epochs: int = field(default=5, metadata={"prepare": True, "help": (
+        "0: features of the randomly initialised (seeded) model; N: train it N epochs on the data first "
+        "(default 5, measured better than 0)")})
 
 
 def kcenter_order(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
@@ -45,7 +57,9 @@ def kcenter_order(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
 class KCenterSelector(FeatureSelector):
     """K-center greedy (farthest-point) per class on ``model.embed`` features."""
 
-    config_cls = FeatureConfig
+    config_cls = KCenterConfig
+    demo = {"feature_epochs": 1}
+    smoke = {"feature_epochs": 1}
     quality_key = "kcenter_radius"
 
     def greedy_order(self, feats, k):

@@ -104,12 +104,15 @@ def test_features_from_the_model(tiny_dataset):
     ds = tiny_dataset(n_per_class=8, num_classes=3)
     f1 = HerdingSelector().prepare(ds, RunContext(seed=0, **CTX))
     assert f1.shape == (len(ds), 8) and f1.dtype == torch.float32
-    assert torch.equal(f1, KCenterSelector().prepare(ds, RunContext(seed=0, **CTX)))  # same seeded model
+    same = KCenterSelector(FeatureConfig(feature_epochs=0)).prepare(ds, RunContext(seed=0, **CTX))
+    assert torch.equal(f1, same)  # same seeded model
+    assert KCenterSelector().config.feature_epochs == 5 and HerdingSelector().config.feature_epochs == 0
     assert not torch.equal(f1, HerdingSelector().prepare(ds, RunContext(seed=1, **CTX)))
     trained = HerdingSelector(FeatureConfig(feature_epochs=2)).prepare(ds, RunContext(seed=0, **CTX))
     assert trained.shape == f1.shape and not torch.equal(trained, f1)
-    sel = KCenterSelector().select(ds, 0.25, RunContext(seed=0, **CTX))  # computes features itself
-    again = KCenterSelector().select(ds, 0.25, RunContext(seed=0, **CTX), prepared=f1)
+    untrained = KCenterSelector(FeatureConfig(feature_epochs=0))
+    sel = untrained.select(ds, 0.25, RunContext(seed=0, **CTX))  # computes features itself
+    again = untrained.select(ds, 0.25, RunContext(seed=0, **CTX), prepared=f1)
     assert torch.equal(sel.indices, again.indices)
     assert torch.bincount(ds.labels[sel.indices], minlength=3).tolist() == class_budgets(ds.class_counts(), 0.25)
     with pytest.raises(SmallsetError):
