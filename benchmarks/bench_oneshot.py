@@ -46,6 +46,13 @@ METHODS = {
     "geda-random": ("geda", {"fill": "random"}, "geda"),
     "herding": ("herding", {}, "herding"),
     "kcenter": ("kcenter", {}, "kcenter"),
+    # the defaults measured both ways (issue 10): never-learned examples counted as forgotten (Toneva) or as
+    # never forgotten (DeepCore); features of the untrained model or of one trained for 5 epochs
+    "forgetting-toneva": ("forgetting", {"never_learned": "toneva"}, "forgetting-toneva"),
+    "forgetting-deepcore": ("forgetting", {"never_learned": "deepcore"}, "forgetting-deepcore"),
+    "herding-trained": ("herding", {"feature_epochs": 5}, "features-trained"),
+    "kcenter-untrained": ("kcenter", {"feature_epochs": 0}, "features-untrained"),
+    "kcenter-trained": ("kcenter", {"feature_epochs": 5}, "features-trained"),
     "el2n": ("el2n", {}, "el2n"),
     "grand": ("grand", {}, "grand"),
     # CCS on another method's scores: shares that method's score cache (same options by construction)
