@@ -17,7 +17,10 @@ def test_compare_matrix_and_report(tiny_compare):
         assert 0 <= r["test_accuracy/mlp"] <= 1 and 0 <= r["test_accuracy/lenet"] <= 1
     html_path = next(iter({r["csv"] for r in rows})).replace("results.csv", "report.html")
     page = open(html_path).read()
-    assert page.count("<tr>") == 1 + len(rows)  # header + one row per run
+    results = page[page.index('<table id="results">'):]
+    assert results[:results.index("</table>")].count("<tr>") == 1 + len(rows)  # header + one row per run
+    summary = page[page.index('<table id="summary">'):]
+    assert summary[:summary.index("</table>")].count("<tr>") == 1 + 3  # full data + 2 budgets of random
     assert "accuracy % (mlp)" in page and "accuracy % (lenet)" in page
     figs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
     assert {"accuracy_vs_images.png", "accuracy_vs_seconds.png", "per_class_counts.png"} <= set(figs)
@@ -27,7 +30,7 @@ def test_compare_matrix_and_report(tiny_compare):
     assert {"report/report.html", "report/report.md"} <= names
     # the Markdown summary has the same table
     md = open(html_path.replace(".html", ".md")).read()
-    assert md.count("\n| random |") == 4 and "| full |" in md
+    assert md.count("\n| random |") == 4 + 2 and "| full |" in md  # 4 runs + 2 summary rows
 
 
 def test_collect_reads_the_rows_back(tiny_compare):
