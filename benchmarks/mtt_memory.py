@@ -1,0 +1,111 @@
+"""Measured peak memory of one MTT step against ``MTTCondenser.extra_memory_bytes`` (the memory model of
+docs/methods/mtt.md#mtt-memory).
+
+Each configuration runs in a fresh subprocess: one student unroll of ``syn_steps`` steps (DSA on) over random
+synthetic images of the model's input shape, the trajectory loss and its backward. CPU: the peak resident set
+during the step (VmHWM after resetting it through /proc/self/clear_refs, Linux), with
+``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set; CUDA: ``max_memory_allocated``.
+
+    .venv/bin/python benchmarks/mtt_memory.py                      # the table of docs/methods/mtt.md (CPU)
+    .venv/bin/python benchmarks/mtt_memory.py --device cuda --configs convnet:3:32:10:30:0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT = ("convnet-s:1:28:10:5:0,convnet-s:1:28:10:10:0,convnet-s:1:28:10:20:0,convnet-s:1:28:10:20:50,"
+           "convnet-s:1:28:50:10:100,convnet-s:1:28:1:30:0,convnet:3:32:10:5:0,convnet:3:32:10:10:0,"
+           "convnet:3:32:10:20:0,convnet:3:32:10:20:50,convnet:3:32:50:10:100,convnet:3:32:1:30:0")
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+
+
+def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: int, device: str) -> dict:
+    import torch
+
+    from smallset.augment import DSA
+    from smallset.context import RunContext
+    from smallset.data import ImageDataset
+    from smallset.distill.mtt import FlatModel, MTTCondenser, student_batches, trajectory_loss, unroll
+    from smallset.models import seeded_model
+
+    dev = torch.device(device)
+    ds = ImageDataset(images=torch.rand(2000, channels, size, size), labels=torch.arange(10).repeat(200),
+                      classes=[str(i) for i in range(10)], mean=(0.5,) * channels, std=(0.25,) * channels, name="fake")
+    cond = MTTCondenser(MTTCondenser.make_config({"syn_steps": steps, "batch_syn": batch}, ipc))
+    estimate = cond.extra_memory_bytes(ds, ipc, RunContext(model=model, device=dev))
+    net = seeded_model(model, channels, 10, (size, size), 0).to(dev).train()
+    fm = FlatModel(net)
+    syn = torch.randn(10 * ipc, channels, size, size, device=dev, requires_grad=True)
+    labels = torch.arange(10, device=dev).repeat_interleave(ipc)
+    opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
+    lr = torch.tensor(0.01, device=dev, requires_grad=True)
+    start = torch.cat([p.detach().flatten() for p in net.parameters()])
+    target = start + 0.01 * torch.randn_like(start)
+    g = torch.Generator().manual_seed(0)
+    dsa = DSA("color_crop_cutout_flip_scale_rotate")
+    batches = [b.to(dev) for b in student_batches(len(syn), batch or len(syn), steps, g)]
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status("VmRSS")
+    theta = unroll(fm, start, syn, labels, lr, batches, lambda x: dsa(x, g))
+    loss = trajectory_loss(theta, start, target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _status("VmHWM") - base
+    return {"model": model, "channels": channels, "size": size, "ipc": ipc, "syn_steps": steps,
+            "batch_syn": batch or 10 * ipc, "device": device, "measured_mib": peak / 2**20,
+            "estimate_mib": estimate / 2**20, "ratio": estimate / max(peak, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=DEFAULT, help="MODEL:CHANNELS:SIZE:IPC:SYN_STEPS:BATCH_SYN,… (0 = all)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process
+    args = ap.parse_args()
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        m, c, s, ipc, steps, batch = args.one.split(":")
+        print(json.dumps(measure(m, int(c), int(s), int(ipc), int(steps), int(batch), args.device)))
+        return
+    print("| model, images | ipc | N | batch_syn | measured MiB | estimate MiB | estimate / measured |")
+    print("|---|---|---|---|---|---|---|")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    for cfg in args.configs.split(","):
+        out = subprocess.run([sys.executable, __file__, "--one", cfg, "--device", args.device,
+                              "--threads", str(args.threads)], env=env, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {r['model']}, {r['channels']}×{r['size']}×{r['size']} | {r['ipc']} | {r['syn_steps']} | "
+              f"{r['batch_syn']} | {r['measured_mib']:.0f} | {r['estimate_mib']:.0f} | {r['ratio']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
