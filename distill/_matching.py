@@ -14,18 +14,20 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.distill.base import Condenser, init_synthetic
+from smallset.distill._streaming import PixelRows, keep_freed_memory
 
 # Real images per class forwarded to set the BatchNorm statistics before matching (reference: BNSizePC).
 BN_IMAGES_PER_CLASS = 16
 
 
 class RealSampler:
-    """The real training set on the device, normalised, with per-class random batches
-    (docs/methods/dc.md#condensation-data)."""
+    """The real training set on the device with per-class random batches, normalised per batch
+    (docs/methods/dc.md#condensation-data): the images are kept once, in pixel scale
+    (:class:`~smallset.distill._streaming.PixelRows`), with no second, normalised copy of the set."""
 
     def __init__(self, ds: ImageDataset, device: torch.device):
         self.device = torch.device(device)
-        self.x = ds.normalized().to(self.device)
+        self.pixels = PixelRows(ds.images, ds.mean, ds.std, self.device)
         self.class_idx = ds.class_indices()
         self.num_classes = ds.num_classes
 
@@ -35,13 +37,13 @@ class RealSampler:
         return idx[torch.randperm(len(idx), generator=generator)[:n]]
 
     def batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.x[self.indices(c, n, generator).to(self.device)]
+        return self.pixels.rows(self.indices(c, n, generator))
 
     def batch_all(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-major batch: ``min(n, size of c)`` images of every class c, and their labels."""
         picks = [self.indices(c, n, generator) for c in range(self.num_classes)]
         labels = torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(picks)])
-        return self.x[torch.cat(picks).to(self.device)], labels.to(self.device)
+        return self.pixels.rows(torch.cat(picks)), labels.to(self.device)
 
 
 def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int,
@@ -116,6 +118,8 @@ def setup_matching_state(cond: Condenser, ds: ImageDataset, ipc: int, ctx: RunCo
     cond.labels = labels.to(cond.device)
     cond.opt = torch.optim.SGD([cond.syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
     cond.sampler = RealSampler(ds, cond.device)
+    if cond.device.type == "cpu":
+        keep_freed_memory()  # chunk-sized activations reuse the heap (distill/_streaming.py)
 
 
 def new_network(cond: Condenser) -> nn.Module:

@@ -23,6 +23,8 @@ from smallset.models import seeded_model
 from smallset.distill._matching import (RealSampler, check_positive, freeze_batchnorm, new_network,  # noqa: F401
                                         setup_matching_state, train_on_synthetic)
 from smallset.distill.base import Condenser, Synthetic, register_condenser
+from smallset.distill._memory import breakdown
+from smallset.distill._streaming import chunk_for, real_gradient
 
 # get_loops of the reference code (docs/methods/dc.md#dc-loops): ipc → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
@@ -111,6 +113,21 @@ class DCCondenser(Condenser):
     demo = {"iterations": 5, "outer_loop": 2, "inner_loop": 5, "batch_real": 64, "init": "real"}
     smoke = {"iterations": 4, "outer_loop": 2, "inner_loop": 1, "batch_real": 4, "batch_train": 2}
     siamese: bool = False  # DSA switches on Siamese augmentation (distill.dsa)
+    memory_options = ("batch_real",)
+    models_working_memory = True
+
+    def memory_breakdown(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> dict[str, int]:
+        """Bytes by term (docs/methods/condenser-memory.md): one class's real batch at a time with a
+        backward through it; one class's synthetic images with a double backward; the inner loop's
+        training batch on the synthetic set."""
+        cfg = self.config
+        n_syn = ds.num_classes * int(ipc)
+        inner = min(cfg.batch_train, n_syn) if cfg.outer_loop > 1 and cfg.inner_loop else 0
+        return breakdown(ds, ipc, ctx, batch_real=cfg.batch_real, per_class=True, real_backward=True,
+                         dsa=self.siamese, syn_factor=3, syn_rows=int(ipc), inner_rows=inner)
+
+    def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
+        return sum(self.memory_breakdown(ds, int(budget), ctx).values())
 
     def paper_recipe(self, dataset_key, channels, info):
         return self.dc_paper_recipe(dataset_key)
@@ -147,10 +164,9 @@ class DCCondenser(Condenser):
                 xs = self.syn[c * ipc:(c + 1) * ipc]
                 xr_in, xs_in = (self.augment.siamese(xr, xs, generator=g_aug) if self.augment is not None
                                 else (xr, xs))
-                yr = torch.full((len(xr),), c, dtype=torch.long, device=self.device)
                 ys = torch.full((ipc,), c, dtype=torch.long, device=self.device)
-                gr = torch.autograd.grad(F.cross_entropy(net(xr_in), yr), params)
-                gr = [g.detach() for g in gr]
+                # The real gradient, streamed in chunks on the CPU (distill/_streaming.py; same gradient).
+                gr = real_gradient(net, params, xr_in, c, chunk_for(self.device, net))
                 gs = torch.autograd.grad(F.cross_entropy(net(xs_in), ys), params, create_graph=True)
                 dist = gradient_distance(gr, gs)
                 grad[c * ipc:(c + 1) * ipc] += torch.autograd.grad(dist, xs)[0]

@@ -19,6 +19,8 @@ from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.augment import DSA, default_strategy, parse_strategy
 from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.distill._memory import breakdown
+from smallset.distill._streaming import PixelRows, chunk_for, chunks, embed_chunks, keep_freed_memory
 
 
 @dataclass
@@ -48,6 +50,18 @@ class DMCondenser(Condenser):
     config_cls = DMConfig
     demo = {"iterations": 100, "batch_real": 64}
     smoke = {"iterations": 4, "batch_real": 4}
+    memory_options = ("batch_real",)
+    models_working_memory = True
+
+    def memory_breakdown(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> dict[str, int]:
+        """Bytes by term (docs/methods/condenser-memory.md): every class's real batch at once, no backward
+        through it; the synthetic set with a graph for one backward."""
+        cfg = self.config
+        return breakdown(ds, ipc, ctx, batch_real=cfg.batch_real, per_class=False, real_backward=False,
+                         dsa=cfg.dsa, syn_factor=2)
+
+    def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
+        return sum(self.memory_breakdown(ds, int(budget), ctx).values())
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
@@ -73,9 +87,11 @@ class DMCondenser(Condenser):
         if self.dsa is None and cfg.dsa_strategy:
             parse_strategy(cfg.dsa_strategy)  # still reject a malformed strategy
 
-        # The whole training set on the device once, with a padded class → example index table
-        # (docs/methods/dc.md#condensation-data).
-        self.x_real = ds.normalized().to(self.device)
+        # The whole training set on the device once (pixel scale, normalised per batch: no second copy),
+        # with a padded class → example index table (docs/methods/dc.md#condensation-data).
+        self.x_real = PixelRows(ds.images, ds.mean, ds.std, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         counts = torch.tensor(ds.class_counts())
         self.n_per_class = counts.clamp(max=cfg.batch_real)
         width = int(counts.max())
@@ -115,16 +131,23 @@ class DMCondenser(Condenser):
 
     def step(self, it: int) -> float:
         net = self._network()
-        xr = self.x_real[self._real_batch()]
+        xr = self.x_real.rows(self._real_batch())
         xs = self.syn
         if self.dsa is not None:
             xr, xs = self.dsa.siamese_groups([xr, xs], [self.real_labels, self.syn_groups],
                                              generator=self.generators["aug"], num_groups=self.num_classes)
+        # Per-image networks stream both sides in chunks (distill/_streaming.py); a BatchNorm net in train
+        # mode sees each side as one batch, as in the reference.
+        chunk = chunk_for(self.device, net)
+        sums = None
         with torch.no_grad():
-            er = net.embed(xr)
-        es = net.embed(xs)
-        mean_r = torch.zeros(self.num_classes, er.shape[1], device=er.device, dtype=er.dtype)
-        mean_r = mean_r.index_add_(0, self.real_labels, er) / self.real_counts
+            for s, e in chunks(len(xr), chunk):
+                er = net.embed(xr[s:e])
+                if sums is None:
+                    sums = torch.zeros(self.num_classes, er.shape[1], device=er.device, dtype=er.dtype)
+                sums.index_add_(0, self.real_labels[s:e], er)
+        es = embed_chunks(net, xs, chunk)
+        mean_r = sums / self.real_counts
         mean_s = es.view(self.num_classes, self.ipc, -1).mean(dim=1)
         loss = ((mean_r - mean_s) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
