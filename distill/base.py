@@ -7,6 +7,7 @@ it is stored, evaluated and reloaded like any other dataset.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import torch
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.interrupt import check_stop
 from smallset.method import Method, Reduction, register_method
 from smallset.registry import Registry
 from smallset.train import Protocol, get_protocol
@@ -68,7 +70,33 @@ class Condenser(Method):
 
     def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared: Any = None) -> Reduction:
         syn = self.condense(ds, budget, ctx)
-        return Reduction(to_dataset(syn, ds), dict(syn.info))
+        out = to_dataset(syn, ds)
+        for what, t in (("images", out.images), ("weights", out.weights)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise self.diverged(f"its synthetic {what} hold NaN or infinite values")
+        return Reduction(out, dict(syn.info))
+
+    # The config fields to lower when the condensation diverges (named in the error sentence).
+    divergence_options: ClassVar[tuple[str, ...]] = ("lr_img",)
+
+    def diverged(self, what: str, checkpoint: str = "") -> SmallsetError:
+        """The one sentence for a condensation that produced a non-finite loss or image."""
+        names = [n for n in self.divergence_options if hasattr(self.config, n)]
+        lower = " or ".join(f"{n} (now {getattr(self.config, n):g})" for n in names) or "its learning rate"
+        return SmallsetError(f"{self.name} diverged: {what}. Lower {lower} and run again; no dataset was "
+                             f"written{checkpoint}.", option=names[0] if names else None)
+
+    def check_finite(self, it: int, loss: float, ckpt: Path | None, saved: int) -> None:
+        """Stop at the first non-finite loss or synthetic image (before it can reach a checkpoint)."""
+        syn = getattr(self, "syn", None)
+        if not math.isfinite(loss):
+            what = f"the loss is {loss} at iteration {it + 1}"
+        elif isinstance(syn, torch.Tensor) and not bool(torch.isfinite(syn.detach()).all()):
+            what = f"the synthetic images hold NaN or infinite values at iteration {it + 1}"
+        else:
+            return
+        kept = f"; the last finite checkpoint (iteration {saved}) is kept in {ckpt.parent}" if ckpt and saved else ""
+        raise self.diverged(what, kept)
 
     def paper_recipe(self, dataset_key: str | None, channels: int, info: dict) -> Protocol:
         """The condensation papers' evaluate_synset with DSA augmentation, 1000 epochs (DSA, DM, CAFE+DSA):
@@ -114,7 +142,10 @@ class Condenser(Method):
         import time
 
         ipc = check_ipc(ipc, ds)
-        self.setup(ds, ipc, ctx)
+        try:
+            self.setup(ds, ipc, ctx)
+        except ValueError as e:  # e.g. torch.optim's "Invalid momentum value: -1.0"
+            raise SmallsetError(f"{self.name} cannot start with these options: {e}.") from None
         total = self.iterations()
         start, losses = 0, []
         ckpt = Path(ctx.checkpoint_dir) / "checkpoint.pt" if ctx.checkpoint_dir else None
@@ -129,13 +160,17 @@ class Condenser(Method):
                        disable=None)
             its = bar
         t0 = time.perf_counter()
+        saved = start
         for it in its:
+            check_stop()
             loss = float(self.step(it))
+            self.check_finite(it, loss, ckpt, saved)
             losses.append(loss)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4g}")
             if ckpt is not None and ctx.checkpoint_every and (it + 1) % ctx.checkpoint_every == 0 and it + 1 < total:
                 self._save_checkpoint(ckpt, it + 1, losses)
+                saved = it + 1
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
@@ -149,8 +184,7 @@ class Condenser(Method):
         return out
 
     def _save_checkpoint(self, path: Path, iteration: int, losses: list[float]) -> None:
-        import os
-        import tempfile
+        from smallset.atomic import write_atomic
 
         state = {
             "iteration": iteration,
@@ -160,15 +194,7 @@ class Condenser(Method):
             "state": self.state_dict(),
             "generators": {k: g.get_state() for k, g in self.generators.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda tmp: torch.save(state, tmp), option="checkpoint_dir")
 
     def _load_checkpoint(self, path: Path) -> tuple[int, list[float]]:
         try:  # tensors and plain types only: a crafted checkpoint cannot run code (no pickle of objects)
@@ -232,7 +258,10 @@ def init_synthetic(ds: ImageDataset, ipc: int, init: str, generator: torch.Gener
     if init == "noise":
         return torch.randn(ds.num_classes * ipc, c, h, w, generator=generator), labels
     if init == "real":
-        x = ds.normalized()
+        from smallset.distill._streaming import PixelRows
+
         picks = [idx[torch.randperm(len(idx), generator=generator)[:ipc]] for idx in ds.class_indices()]
-        return x[torch.cat(picks)].clone(), labels
+        # Only the picked rows are normalised (the same values as ds.normalized()[rows], without a
+        # normalised copy of the whole set at the peak of setup).
+        return PixelRows(ds.images, ds.mean, ds.std, "cpu").rows(torch.cat(picks)).clone(), labels
     raise SmallsetError(f"Unknown init {init!r}; use real or noise.")

@@ -21,8 +21,9 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.distill.base import Condenser, Synthetic, register_condenser
 from smallset.distill._matching import check_positive, new_network, setup_matching_state, train_on_synthetic
+from smallset.distill._streaming import chunk_for
 
-REAL_CHUNK = 1024  # real images per no-grad forward (memory bound)
+REAL_CHUNK = 1024  # real images per no-grad forward (memory bound; on the CPU: _streaming.CPU_CHUNK)
 
 
 @dataclass
@@ -128,6 +129,28 @@ class CAFECondenser(Condenser):
             "batch_real": 64}
     smoke = {"iterations": 4, "batch_real": 4, "probe_per_class": 4, "watch_window": 2, "max_outer_steps": 3,
              "max_inner_epochs": 2, "lr_halving": "0.5", "batch_train": 2}
+    memory_options = ("batch_real", "probe_per_class")
+    models_working_memory = True
+
+    def memory_breakdown(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> dict[str, int]:
+        """Bytes by term (docs/methods/condenser-memory.md): as DM (every class's real batch, no backward
+        through it), plus the real batch's last-layer features and the probe batch."""
+        from smallset.distill._memory import FLOAT, real_rows
+        from smallset.models import seeded_model
+
+        cfg = self.config
+        net = seeded_model(ctx.model, ds.channels, ds.num_classes, ds.image_size, 0, **(ctx.model_kwargs or {}))
+        rows = real_rows(ds, cfg.batch_real, per_class=False)
+        probe = real_rows(ds, cfg.probe_per_class, per_class=False)
+        image = ds.channels * ds.image_size[0] * ds.image_size[1] * FLOAT
+        extra = {"real features": rows * (int(getattr(net, "feature_dim", 0)) + ds.num_classes) * FLOAT,
+                 "probe batch": 2 * probe * image}
+        inner = min(cfg.batch_train, ds.num_classes * int(ipc))
+        return breakdown(ds, ipc, ctx, batch_real=cfg.batch_real, per_class=False, real_backward=False,
+                         dsa=cfg.dsa, syn_factor=2, inner_rows=inner, extra=extra)
+
+    def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
+        return sum(self.memory_breakdown(ds, int(budget), ctx).values())
 
     def paper_recipe(self, dataset_key, channels, info):
         """CAFE+DSA: DSA and 1000 epochs; plain CAFE: DC's evaluation (CAFE's code copies DC's)."""
@@ -196,11 +219,12 @@ class CAFECondenser(Condenser):
             xr, xs = self.augment.siamese_groups([xr, xs], [yr, self.labels], generator=self.generators["aug"],
                                                  num_groups=k)
         counts = torch.bincount(yr, minlength=k)
+        step = chunk_for(self.device, net) or REAL_CHUNK  # small chunks on the CPU (distill/_streaming.py)
         with torch.no_grad():
             sums, f5_real = None, []
-            for start in range(0, len(xr), REAL_CHUNK):
-                outs = net.layer_outputs(xr[start:start + REAL_CHUNK])
-                yb = yr[start:start + REAL_CHUNK]
+            for start in range(0, len(xr), step):
+                outs = net.layer_outputs(xr[start:start + step])
+                yb = yr[start:start + step]
                 if sums is None:
                     sums = [torch.zeros((k,) + tuple(f.shape[1:]), dtype=f.dtype, device=f.device) for f in outs]
                 for s, f in zip(sums, outs):
@@ -225,7 +249,8 @@ class CAFECondenser(Condenser):
     def _probe(self, net: nn.Module) -> float:
         """Mean per-class accuracy of ``net`` on ``probe_per_class`` fresh real images per class."""
         x, y = self.sampler.batch_all(self.config.probe_per_class, self.generators["probe"])
-        correct = torch.cat([net(x[s:s + REAL_CHUNK]).argmax(1) for s in range(0, len(x), REAL_CHUNK)]) == y
+        step = chunk_for(self.device, net) or REAL_CHUNK
+        correct = torch.cat([net(x[s:s + step]).argmax(1) for s in range(0, len(x), step)]) == y
         per_class = class_means(correct.float(), y, self.num_classes)
         return float(per_class.mean())
 

@@ -1,9 +1,15 @@
-"""What the ``smallset`` command line prints: result tables, dataset and file descriptions, method lists."""
+"""What the ``smallset`` command line prints: result tables, dataset and file descriptions, method lists.
+
+Text that comes from data (class names, sources, parameters) goes through
+:func:`smallset.safenames.terminal_safe`: a class name cannot move the cursor or recolour the terminal.
+``show`` and ``methods`` need no torch (:mod:`smallset.fileinfo`, :mod:`smallset.tasks.catalog`).
+"""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
+
+from smallset.safenames import terminal_safe as safe
 
 
 def print_row(row: dict) -> None:
@@ -47,55 +53,60 @@ def print_datasets(args) -> int:
                        "classes": ds.classes, "per_class": dict(zip(ds.classes, ds.class_counts())),
                        "mean": list(ds.mean), "std": list(ds.std), "digest": ds.digest}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2))  # JSON escapes control characters itself
         return 0
-    print(f"source {src.id}" + (f" (recognised as {src.train.dataset_key}: the papers' normalisation constants)"
-                                 if src.train.dataset_key else ""))
+    print(f"source {safe(src.id)}" + (f" (recognised as {src.train.dataset_key}: the papers' normalisation constants)"
+                                       if src.train.dataset_key else ""))
     for split in ("train", "test"):
         if split in info:
             d = info[split]
             print(f"  {split}: {d['examples']} images of {'×'.join(map(str, d['shape']))}, {len(d['classes'])} classes, "
                   f"mean {d['mean']}, std {d['std']}")
-            print(f"    per class: " + ", ".join(f"{k}: {v}" for k, v in d["per_class"].items()))
+            print(f"    per class: " + ", ".join(f"{safe(k)}: {v}" for k, v in d["per_class"].items()))
             print(f"    digest: {d['digest']}")
     return 0
 
 
 def print_show(args) -> int:
-    from smallset import store
+    from smallset import fileinfo
+    from smallset.errors import SmallsetError
 
-    meta = store.read_metadata(args.path)
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print(json.dumps(fileinfo.read_metadata(args.path), indent=2))
         return 0
-    ds = store.read_reduced(args.path)
-    print(f"{args.path}: {meta['kind']} set by {meta['method']} (seed {meta['seed']}), smallset {meta.get('smallset_version')}")
-    print(f"  source: {meta['source']} (digest {meta['source_digest'][:16]}…)")
-    print(f"  {len(ds)} images of {'×'.join(map(str, meta['shape']))}; per class: "
-          + ", ".join(f"{c}: {n}" for c, n in zip(ds.classes, ds.class_counts())))
-    w = ds.effective_weights()
-    print(f"  weights: min {float(w.min()):.3g}, max {float(w.max()):.3g}, sum {float(w.sum()):.6g}")
-    print(f"  params: {json.dumps(meta.get('params', {}))}")
-    for name, e in (meta.get("evaluation") or {}).items():
-        print(f"  evaluation ({name}, {e['protocol']}): {100 * e['mean']:.2f} ± {100 * e['std']:.2f}% over {e['runs']} runs")
-    print(f"  created {meta['created']}")
+    info = fileinfo.describe(args.path)
+    meta = info["meta"]
+    try:
+        shape = "×".join(str(int(v)) for v in meta["shape"])
+        print(f"{safe(args.path)}: {safe(meta['kind'])} set by {safe(meta['method'])} (seed {safe(meta['seed'])}), "
+              f"smallset {safe(meta.get('smallset_version'))}")
+        print(f"  source: {safe(meta['source'])} (digest {safe(str(meta['source_digest'])[:16])}…)")
+        print(f"  {info['rows']} images of {shape}; per class: "
+              + ", ".join(f"{safe(c)}: {n}" for c, n in zip(info["classes"], info["per_class"])))
+        w = info["weights"]
+        print(f"  weights: min {w['min']:.3g}, max {w['max']:.3g}, sum {w['sum']:.6g}")
+        print(f"  params: {safe(json.dumps(meta.get('params', {})))}")
+        for name, e in (meta.get("evaluation") or {}).items():
+            print(f"  evaluation ({safe(name)}, {safe(e['protocol'])}): {100 * e['mean']:.2f} ± {100 * e['std']:.2f}% "
+                  f"over {e['runs']} runs")
+        print(f"  created {safe(meta['created'])}")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SmallsetError(f"{args.path} has damaged smallset metadata ({type(e).__name__}: {e}).") from None
     return 0
 
 
 def print_methods(args) -> int:
-    from smallset.models import model_names
-    from smallset.train import PROTOCOLS
-    from smallset.tasks.methods import registries
+    from smallset.tasks.catalog import catalog
 
-    for kind, reg in registries().items():
+    cat = catalog()
+    for kind in ("prune", "distill"):
         print(f"{kind} methods:")
-        for name in reg.names():
-            cls = reg.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()
-            opts = ", ".join(f.name for f in dataclasses.fields(cls.config_cls)) or "no options"
-            print(f"  {name:<12} {doc[0] if doc else ''}  [{opts}]")
-    print(f"models: {', '.join(model_names())}")
-    print(f"protocols: {', '.join(PROTOCOLS.names())}")
+        for name, m in sorted(cat["methods"].items()):
+            if m["kind"] == kind:
+                opts = ", ".join(f["name"] for f in m["fields"]) or "no options"
+                print(f"  {name:<12} {m['doc']}  [{opts}]")
+    print(f"models: {', '.join(cat['models'])}")
+    print(f"protocols: {', '.join(cat['protocols'])}")
     return 0
 
 

@@ -7,14 +7,12 @@ them with the paper's defaults). Nothing here runs anything: :mod:`smallset.flow
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import typing
 from typing import Any
 
 from pydantic import ValidationError
 
-from smallset.config import field_default
 from smallset.errors import SmallsetError
 from smallset.options import RunOptions
 
@@ -84,6 +82,8 @@ def add_run_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), d
             kwargs.update(type=base, metavar=name.upper())
         group.add_argument(_flag(name, info), **kwargs)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks and Prefect's logs of bad input")
 
 
 def run_options_from(args: argparse.Namespace, base: RunOptions | None = None, **fixed) -> RunOptions:
@@ -106,24 +106,23 @@ def validated_options(values: dict) -> RunOptions:
 
 
 # --- method config → flags -------------------------------------------------------------------------------
-def add_config_options(p: argparse.ArgumentParser, cls) -> None:
-    """Every field of a method's config dataclass as --field-name (default None = the paper's default)."""
-    hints = typing.get_type_hints(cls.config_cls)
-    doc = cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ""
-    group = p.add_argument_group(f"{cls.name} options ({doc})")
-    for f in dataclasses.fields(cls.config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints.get(f.name)
-        help_ = f.metadata.get("help", "") + f" (default: {field_default(f)})"
-        dest = CONFIG_PREFIX + f.name
-        if hint is bool:
+def add_config_options(p: argparse.ArgumentParser, name: str, info: dict) -> None:
+    """Every field of a method's config dataclass as --field-name (default None = the paper's default);
+    ``info`` is the method's entry in the catalogue (:mod:`smallset.tasks.catalog`: no torch needed)."""
+    group = p.add_argument_group(f"{name} options ({info['doc']})")
+    types = {"int": int, "float": float, "str": str}
+    for f in info["fields"]:
+        flag = "--" + f["name"].replace("_", "-")
+        help_ = f["help"] + f" (default: {f['default']})"
+        dest = CONFIG_PREFIX + f["name"]
+        if f["type"] == "bool":
             group.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=help_)
-        elif typing.get_origin(hint) is typing.Literal:
-            group.add_argument(flag, dest=dest, default=None, choices=typing.get_args(hint), help=help_)
+        elif f["type"] == "choice":
+            group.add_argument(flag, dest=dest, default=None, choices=f["choices"], help=help_)
         else:
-            simple = hint in (int, float, str)
-            group.add_argument(flag, dest=dest, default=None, type=hint if simple else str,
-                               metavar=f.name.upper() if simple else "JSON", help=help_)
+            simple = f["type"] in types
+            group.add_argument(flag, dest=dest, default=None, type=types.get(f["type"], str),
+                               metavar=f["name"].upper() if simple else "JSON", help=help_)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -144,16 +143,19 @@ DEFAULT_METHOD = {"prune": "random", "distill": "dm"}
 
 
 def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
-    from smallset.tasks.methods import registries
+    from smallset.tasks import catalog
 
     parser = Parser(prog="smallset", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's logs of bad input")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    regs = registries()
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))  # after --debug & co.
+    command, rest = (argv[at], argv[at + 1:]) if at < len(argv) else (None, [])
     for kind, default_method in DEFAULT_METHOD.items():
-        names = regs[kind].names()
+        # Method names only for the command asked (the catalogue is cached, but built once with torch).
+        names = ", ".join(catalog.method_names(kind)) if command == kind else "see `smallset methods`"
         p = sub.add_parser(kind, help="select a coreset" if kind == "prune" else "learn a synthetic set",
-                           description=f"Methods: {', '.join(names)}. Add --method NAME --help for its options.")
-        p.add_argument("--method", default=default_method, help=f"one of {', '.join(names)} (default: {default_method})")
+                           description=f"Methods: {names}. Add --method NAME --help for its options.")
+        p.add_argument("--method", default=default_method, help=f"one of {names} (default: {default_method})")
         if kind == "prune":
             p.add_argument("--fraction", type=float, default=0.1, help="fraction of the source to keep, in (0, 1] (default: 0.1)")
         else:
@@ -163,10 +165,11 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
         p.add_argument("--output", default=None, help="the Parquet file to write (default: smallset-out/…)")
         add_run_options(p)
-        if argv and argv[0] == kind:
-            method = method_from_argv(argv[1:], default_method)
-            if method in regs[kind]:
-                add_config_options(p, regs[kind].get(method))
+        if command == kind:
+            method = method_from_argv(rest, default_method)
+            info = catalog.catalog()["methods"].get(method)
+            if info is not None and info["kind"] == kind:
+                add_config_options(p, method, info)
 
     compare_defaults = RunOptions(eval_runs=1)
     c = sub.add_parser("compare", help="compare methods side by side at matched budgets, plus full data")

@@ -43,6 +43,8 @@ def compare_flow(
     budgets = [spec.Budget(fraction=f) for f in fractions] + [spec.Budget(ipc=k) for k in ipcs]
     cells = spec.plan_cells(methods, budgets, seeds, options, dict(params or {}), len(src.train),
                             src.train.num_classes)
+    for c in cells:  # a fraction too small for the data, an ipc above a class: refused before any work
+        spec.check_budget_fits(c, src.train)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(output_dir) / f"compare-{stamp}"
     logger = get_run_logger()
@@ -81,6 +83,9 @@ def compare_flow(
             publish_report(parent, out_dir)
         logger.info("results: %s; MLflow parent run %s", csv_path, parent)
         status = "FINISHED"
+    except KeyboardInterrupt:  # SIGINT/SIGTERM: the compare was stopped, not broken
+        status = "KILLED"
+        raise
     finally:
         tracking.end_run(parent, status)
     for r in rows:

@@ -42,16 +42,39 @@ class Selector(Method):
     kind: ClassVar[str] = "prune"
     budget_unit: ClassVar[str] = "fraction"
     higher_is_keep: ClassVar[bool | None] = None  # None: this selector has no ranking scores
+    # True for training-time methods (CREST, InfoBatch, random_steps): they train a model themselves within a
+    # step budget and report its test accuracy; comparisons judge them by it, against random_steps.
+    trains_model: ClassVar[bool] = False
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared: Any = None) -> Selection:
         raise NotImplementedError
 
     def reduce(self, ds: ImageDataset, budget: float, ctx: RunContext, prepared: Any = None) -> Reduction:
+        check_fraction_fits(budget, ds.class_counts())
         if prepared is None and self.has_prepare():
             prepared = self.prepare(ds, ctx)
+        self.check_finite(prepared, "scores")
         sel = self.select(ds, check_fraction(budget), ctx, prepared)
+        self.check_finite(sel.scores, "scores")
+        self.check_finite(sel.weights, "weights")
         scores = sel.scores if sel.scores is not None else (prepared if _is_score_vector(prepared, ds) else None)
         return Reduction(ds.subset(sel.indices, sel.weights), dict(sel.info), scores)
+
+    # The config fields to lower when the scoring training diverges (named in the error sentence).
+    divergence_options: ClassVar[tuple[str, ...]] = ("lr", "feature_lr")
+
+    def check_finite(self, value: Any, what: str) -> None:
+        """Refuse non-finite scores, features or weights (a diverged scoring run) with one sentence."""
+        tensors = [value] if isinstance(value, torch.Tensor) else \
+            [v for v in (value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ())
+             if isinstance(v, torch.Tensor)]
+        if all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in tensors):
+            return
+        names = [n for n in self.divergence_options if hasattr(self.config, n)]
+        lower = " or ".join(f"{n} (now {getattr(self.config, n):g})" for n in names) or "its learning rate"
+        raise SmallsetError(f"{self.name} produced non-finite {what} (NaN or infinity): its training diverged. "
+                            f"Lower {lower} and run again; no dataset was written.",
+                            option=names[0] if names else None)
 
 
 def _is_score_vector(value: Any, ds: ImageDataset) -> bool:
@@ -65,13 +88,22 @@ def register_selector(name: str):
     return register_method(SELECTORS, name)
 
 
-def check_fraction(fraction: float) -> float:
-    try:
-        fraction = float(fraction)
-    except (TypeError, ValueError):
-        raise SmallsetError(f"fraction must be a number in (0, 1], not {fraction!r}.", option="fraction") from None
-    if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
-        raise SmallsetError(f"fraction must lie in (0, 1]; got {fraction}.", option="fraction")
+from smallset.budget import check_fraction  # noqa: E402  (torch-free, for the command line; re-exported)
+
+
+def check_fraction_fits(fraction: float, counts: list[int]) -> float:
+    """Refuse a fraction that keeps fewer examples than there are classes (round(fraction × N) < C): the
+    set would lose whole classes, or be empty. The sentence gives the smallest fraction that keeps one
+    example per class."""
+    fraction = check_fraction(fraction)
+    n, k = sum(counts), sum(1 for c in counts if c > 0)
+    total = int(math.floor(fraction * n + 0.5))
+    if n and total < k:
+        digits = 3 - int(math.floor(math.log10(k / n))) - 1
+        smallest = math.ceil(k / n * 10 ** digits) / 10 ** digits
+        raise SmallsetError(f"fraction {fraction:g} keeps {total} of {n} examples, fewer than one per class "
+                            f"({k} class{'es' if k != 1 else ''}); the smallest fraction that keeps one example per class is "
+                            f"{smallest:g}.", option="fraction")
     return fraction
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,12 +113,21 @@ class ImageDataset:
             classes=list(self.classes),
             mean=self.mean,
             std=self.std,
-            weights=None if weights is None else torch.as_tensor(weights, dtype=torch.float32),
+            weights=self._subset_weights(indices, weights),
             source_index=base[indices],
             encoded=None if self.encoded is None else [self.encoded[i] for i in indices.tolist()],
             name=self.name,
             dataset_key=self.dataset_key,
         )
+
+    def _subset_weights(self, indices: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor | None:
+        """A subset's weights: this set's own weights times the selection's, so weights multiply through
+        repeated reductions (None when neither has any)."""
+        own = None if self.weights is None else self.weights[indices].to(torch.float32)
+        if weights is None:
+            return own
+        new = torch.as_tensor(weights, dtype=torch.float32)
+        return new if own is None else own * new
 
     # --- provenance ------------------------------------------------------------------------
     @property
@@ -205,11 +215,21 @@ def encode_png(image: torch.Tensor) -> bytes:
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std over all pixels, rounded to 4 decimals."""
-    x = images.transpose(0, 1).reshape(images.shape[1], -1).double()
-    mean = tuple(round(float(v), 4) for v in x.mean(1))
-    std = tuple(round(float(v), 4) for v in x.std(1, unbiased=False).clamp_min(1e-3))
-    return mean, std
+    """Per-channel mean and (population) std over all pixels, rounded to 4 decimals. Float64 sums over
+    slices of about 4M values (two passes: mean, then squared deviations), so no float64 copy of the whole
+    set is ever made (it was 2.3× the images' own memory at the peak of loading CIFAR-10; issue 15)."""
+    n_img, c = images.shape[0], images.shape[1]
+    count = n_img * images.shape[2] * images.shape[3]
+    step = max(1, (1 << 22) // max(1, images[0].numel()))
+    total = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, n_img, step):
+        total += images[s:s + step].double().sum(dim=(0, 2, 3))
+    mean = total / count
+    sq = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, n_img, step):
+        sq += (images[s:s + step].double() - mean.view(1, c, 1, 1)).square().sum(dim=(0, 2, 3))
+    std = (sq / count).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std.clamp_min(1e-3))
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -277,19 +297,32 @@ def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> Image
 
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError) as e:
         raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
     smallset_meta = read_metadata_from_schema(table.schema)
     if smallset_meta is not None:
-        return table_to_dataset(table, smallset_meta, path=path, name=spec)
+        ds = table_to_dataset(table, smallset_meta, path=path, name=spec)
+        # As a source, a reduced file's rows are numbered from 0: what is made from it indexes this file,
+        # the file its metadata names as source (docs/FORMAT.md), not the file this one came from.
+        ds.source_index = torch.arange(len(ds))
+        return ds
     cols = set(table.column_names)
+    if {"weight", "source_index", "pixels"} <= cols:
+        import warnings
+
+        from smallset.errors import SmallsetWarning
+
+        warnings.warn(SmallsetWarning(
+            f"{path} has the columns of a smallset file but no smallset metadata (re-saved by another tool, "
+            f"e.g. Hugging Face datasets?): only its 8-bit PNG previews and labels are read; the exact pixels, "
+            f"weights and normalisation are lost."), stacklevel=2)
     if "image" not in cols or "label" not in cols:
         raise SmallsetError(
             f"{path} has columns {sorted(cols)}, but a dataset needs an 'image' column (encoded bytes) "
             f"and a 'label' column."
         )
     image_col = table.column("image").combine_chunks()
-    if pa.types.is_struct(image_col.type):
+    if pa.types.is_struct(image_col.type) and image_col.type.get_field_index("bytes") >= 0:
         blobs = image_col.field("bytes").to_pylist()
     elif pa.types.is_binary(image_col.type) or pa.types.is_large_binary(image_col.type):
         blobs = image_col.to_pylist()
@@ -297,12 +330,50 @@ def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> Image
         raise SmallsetError(f"The 'image' column of {path} must hold encoded image bytes; it is {image_col.type}.")
     if any(b is None for b in blobs):
         raise SmallsetError(f"{path} has rows with no image bytes.")
-    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    if any(not isinstance(b, (bytes, bytearray)) for b in blobs):
+        raise SmallsetError(f"The 'image' column of {path} must hold encoded image bytes.")
+    labels = labels_of(table.column("label"), path)
     images = decode_images(blobs, what=str(path))
     classes = _class_names_from_hf(table.schema, int(labels.max()) + 1 if len(labels) else 0)
     mean, std = stats if stats is not None else channel_stats(images)
     return ImageDataset(images, labels, classes, mean, std, encoded=blobs, name=spec,
                         source_index=torch.arange(len(labels)))
+
+
+MAX_CLASSES = 100_000
+
+
+def labels_of(column, path: Path | str) -> torch.Tensor:
+    """A label column as int64 class indices, or one sentence: labels are whole numbers, none missing."""
+    import pyarrow as pa
+
+    col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    what = f"The 'label' column of {path}"
+    if col.null_count:
+        raise SmallsetError(f"{what} has {col.null_count} missing (null) labels; every row needs a class index.")
+    if pa.types.is_integer(col.type):
+        values = np.asarray(col.to_numpy(zero_copy_only=False))
+        if len(values) and pa.types.is_unsigned_integer(col.type) and int(values.max()) >= 2 ** 62:
+            raise SmallsetError(f"{what} holds labels up to {int(values.max())}; labels are class indices 0..C-1.")
+        values = values.astype(np.int64)
+    elif pa.types.is_floating(col.type):
+        values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad):
+            raise SmallsetError(f"{what} holds {float(values[bad[0]])!r} in row {int(bad[0])}; labels must be whole "
+                                f"numbers (class indices 0..C-1).")
+        if len(values) and np.abs(values).max() >= 2 ** 62:
+            raise SmallsetError(f"{what} holds labels up to {values.max():g}; labels are class indices 0..C-1.")
+        values = values.astype(np.int64)
+    else:
+        raise SmallsetError(f"{what} holds {col.type} values; labels must be integer class indices 0..C-1 "
+                            f"(class names belong in the Hugging Face metadata).")
+    if len(values) and int(values.min()) < 0:
+        raise SmallsetError(f"{what} holds the negative label {int(values.min())}; labels are class indices 0..C-1.")
+    if len(values) and int(values.max()) >= MAX_CLASSES:
+        raise SmallsetError(f"{what} holds the label {int(values.max())}; labels are class indices 0..C-1 "
+                            f"with fewer than {MAX_CLASSES} classes.")
+    return torch.from_numpy(np.ascontiguousarray(values))
 
 
 def _class_names_from_hf(schema, n_from_labels: int) -> list[str]:
@@ -321,27 +392,37 @@ def _class_names_from_hf(schema, n_from_labels: int) -> list[str]:
 
 # The read side of the reduced-dataset format (docs/FORMAT.md; smallset.store writes it and re-exports
 # these): a parquet: source may be a reduced file, so data reads the format without importing store.
-SMALLSET_KEY = b"smallset"
-
-
-def read_metadata_from_schema(schema) -> dict | None:
-    raw = (schema.metadata or {}).get(SMALLSET_KEY)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise SmallsetError("The smallset metadata of this Parquet file is not valid JSON.") from None
+from smallset.fileinfo import SMALLSET_KEY, read_metadata_from_schema  # noqa: E402,F401  (torch-free)
 
 
 def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -> ImageDataset:
-    """Rebuild the in-memory dataset exactly as it was written."""
+    """Rebuild the in-memory dataset exactly as it was written; a damaged file is one sentence."""
+    import pyarrow as pa
+
+    shape = meta.get("shape") if isinstance(meta, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and 0 < v <= 1 << 16 for v in shape)
+            and all(isinstance(meta.get(k), list) and len(meta[k]) == shape[0]
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in meta[k]) for k in ("mean", "std"))):
+        raise SmallsetError(f"The smallset metadata of {path} is damaged (shape, mean or std); it cannot be read.")
+    try:
+        ds = _table_to_dataset(table, meta, path, name)
+    except SmallsetError:
+        raise
+    except (pa.ArrowException, TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as e:
+        raise SmallsetError(f"{path} is a damaged smallset file ({type(e).__name__}: {e}).") from None
+    for what, t in (("pixels", ds.images), ("weights", ds.weights)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise SmallsetError(f"{path} holds non-finite {what} (NaN or infinity); it cannot be used.")
+    return ds
+
+
+def _table_to_dataset(table, meta: dict, path: Path | str, name: str) -> ImageDataset:
     missing = {"image", "label", "weight", "source_index", "pixels"} - set(table.column_names)
     if missing:
         raise SmallsetError(f"{path} is a smallset file missing the columns {sorted(missing)}; it is damaged.")
     n = table.num_rows
     shape = meta.get("shape")
-    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    labels = labels_of(table.column("label"), path)
     blobs = table.column("image").combine_chunks().field("bytes").to_pylist()
     pixels = table.column("pixels").to_pylist()
     src_raw = table.column("source_index").to_pylist()

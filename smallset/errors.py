@@ -16,12 +16,18 @@ class SmallsetError(Exception):
     def __reduce__(self):  # keep ``option`` across processes (Dask workers) and Prefect's result store
         return type(self), (str(self), self.option)
 
-    def for_command_line(self) -> str:
-        """The message with the option's name written as its command-line flag."""
+    def for_command_line(self, flags: dict[str, str] | None = None) -> str:
+        """The message with the option's name written as its command-line flag (``flags`` maps the names
+        whose flag differs, e.g. ``model_kwargs`` → ``--model-arg``)."""
         import re
 
         text = str(self)
         if self.option:
-            flag = "--" + self.option.replace("_", "-")
+            flag = (flags or {}).get(self.option) or "--" + self.option.replace("_", "-")
             text = re.sub(rf"(?<![\w-]){re.escape(self.option)}(?![\w-])", flag, text)
         return text
+
+
+class SmallsetWarning(UserWarning):
+    """Something the user should know that does not stop the run; the command line prints it as one line,
+    ``smallset: warning: …``."""

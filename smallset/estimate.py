@@ -27,13 +27,15 @@ class Estimate:
     available_bytes: int
     seconds_per_epoch: float
     device: str
+    extra_bytes: int = 0  # the method's own share of peak_bytes (Method.extra_memory_bytes), included in it
 
     @property
     def fits(self) -> bool:
         return self.peak_bytes <= self.available_bytes
 
     def describe(self) -> str:
-        return (f"estimate: peak memory {self.peak_bytes / GiB:.2f} GiB of {self.available_bytes / GiB:.1f} GiB "
+        own = f" ({self.extra_bytes / GiB:.2f} GiB of it the method's own)" if self.extra_bytes else ""
+        return (f"estimate: peak memory {self.peak_bytes / GiB:.2f} GiB{own} of {self.available_bytes / GiB:.1f} GiB "
                 f"available on {self.device}; about {self.seconds_per_epoch:.1f} s per epoch over the training split")
 
 
@@ -67,9 +69,10 @@ def activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 def estimate_training(ds: ImageDataset, model_name: str, model_kwargs: dict | None, batch_size: int,
                       device: torch.device, probe_batch: int = 16, probe_steps: int = 2,
-                      extra_images: int = 0) -> Estimate:
+                      extra_images: int = 0, extra_bytes: int = 0) -> Estimate:
     """Estimate for training ``model_name`` on ``ds`` (``extra_images``: more images held at once, e.g.
-    the real batches of every class a condenser matches against)."""
+    the real batches of every class a condenser matches against; ``extra_bytes``: memory the method holds
+    beyond that, :meth:`smallset.method.Method.extra_memory_bytes`)."""
     # seeded_model, not create_model: its lock keeps this probe off other threads' seeded initialisations.
     model = seeded_model(model_name, ds.channels, ds.num_classes, ds.image_size, 0, **(model_kwargs or {})).to(device)
     image_bytes = ds.channels * ds.image_size[0] * ds.image_size[1] * 4
@@ -80,7 +83,7 @@ def estimate_training(ds: ImageDataset, model_name: str, model_kwargs: dict | No
     y = ds.labels[:n].to(device)
     act_per_image = activation_bytes(model, x) / n
     activations = 2 * act_per_image * (batch_size + extra_images)
-    peak = int(data + 4 * params + activations + extra_images * image_bytes)
+    peak = int(data + 4 * params + activations + extra_images * image_bytes + extra_bytes)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     t0 = time.perf_counter()
     for _ in range(probe_steps):
@@ -91,14 +94,19 @@ def estimate_training(ds: ImageDataset, model_name: str, model_kwargs: dict | No
     if device.type == "cuda":
         torch.cuda.synchronize()
     per_image = (time.perf_counter() - t0) / (probe_steps * n)
-    return Estimate(peak, available_bytes(device), per_image * len(ds), str(device))
+    return Estimate(peak, available_bytes(device), per_image * len(ds), str(device), int(extra_bytes))
 
 
-def check(est: Estimate, force: bool = False) -> None:
-    """Refuse a run whose memory estimate exceeds what the device has, unless ``force``."""
+def check(est: Estimate, force: bool = False, lower: tuple[str, ...] = ()) -> None:
+    """Refuse a run whose memory estimate exceeds what the device has, unless ``force``. ``lower``: the
+    method's options that shrink its own share (``Method.memory_options``), named first when that share
+    is what does not fit."""
     if not est.fits and not force:
+        own = bool(lower) and est.extra_bytes > 0 and est.peak_bytes - est.extra_bytes <= est.available_bytes
+        advice = (f"lower {' or '.join(lower)} (the method's own {est.extra_bytes / GiB:.1f} GiB), or "
+                  if own else "")
         raise SmallsetError(
             f"This run needs about {est.peak_bytes / GiB:.1f} GiB but {est.device} has "
-            f"{est.available_bytes / GiB:.1f} GiB available; use a smaller model, batch or source, "
-            f"or pass --force to try anyway."
+            f"{est.available_bytes / GiB:.1f} GiB available; {advice}use a smaller model, batch or source, "
+            f"or pass --force to try anyway.", option=lower[0] if own else None,
         )

@@ -88,6 +88,10 @@ class Method:
     # --- optional: memory beyond training ctx.model on mini-batches --------------------------------
     # The config fields that lower extra_memory_bytes, named when a run is refused for memory.
     memory_options: ClassVar[tuple[str, ...]] = ()
+    # True when extra_memory_bytes models ALL of the method's working memory (its real batches and their
+    # activations, e.g. the condensers of docs/methods/condenser-memory.md): the pre-run estimate then adds
+    # no generic training batch for it.
+    models_working_memory: ClassVar[bool] = False
 
     def extra_memory_bytes(self, ds: ImageDataset, budget: float | int, ctx: RunContext) -> int:
         """Bytes the method holds at its peak beyond what training ``ctx.model`` on mini-batches needs

@@ -31,6 +31,7 @@ import numpy as np
 
 from smallset import tracking
 from smallset.errors import SmallsetError
+from smallset.safenames import markdown_text, safe_filename
 
 
 # --- gathering -----------------------------------------------------------------------------------------
@@ -276,12 +277,12 @@ def figures(rows: list[dict], models: list[str]) -> dict[str, bytes]:
     if counts:
         figs["per_class_counts.png"] = per_class_counts(counts)
     for r in rows:
-        name = f"scores_{r['method']}.png"
+        name = f"scores_{safe_filename(r['method'])}.png"  # names from tags: no '/' or markup
         if r["kind"] == "prune" and name not in figs:
             scores = run_scores(r)
             if scores is not None:
                 figs[name] = score_histogram(scores, r["method"], r["seed"])
-        name = f"grid_{r['method']}_{r['budget']}.png"
+        name = f"grid_{safe_filename(r['method'])}_{safe_filename(r['budget'])}.png"
         if r["kind"] == "distill" and name not in figs:
             grid = image_grid(r)
             if grid is not None:
@@ -378,13 +379,14 @@ def report_title(parent_run_id: str) -> str:
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    head, body = [markdown_text(h) for h in head], [[markdown_text(c) for c in b] for b in body]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body]
 
 
 def markdown(title: str, head: list[str], body: list[list[str]], figure_names: list[str],
              summary: tuple[list[str], list[list[str]]] | None = None, recipe: str = "") -> str:
     """The Markdown summary: the recipe, the summary table, the per-run table, then the figures."""
-    md = [f"# {title}", ""] + ([recipe, ""] if recipe else [])
+    md = [f"# {markdown_text(title)}", ""] + ([markdown_text(recipe), ""] if recipe else [])
     if summary:
         md += ["## Per method and budget", ""] + _md_table(*summary) + ["", "## Per run", ""]
     md += _md_table(head, body)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -144,20 +143,23 @@ def write_reduced(ds: ImageDataset, path: str | os.PathLike, meta: dict) -> Path
     """Write ``ds`` with metadata ``meta`` to ``path`` atomically; returns the final path."""
     import pyarrow.parquet as pq
 
+    from smallset.atomic import write_atomic
+
     path = Path(path)
     if path.exists() and path.is_dir():
         raise SmallsetError(f"{path} is a directory; output needs a file name such as {path}/reduced.parquet.", option="output")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_finite(ds)
     table = dataset_to_table(ds, meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"), option="output")
+
+
+def check_finite(ds: ImageDataset) -> None:
+    """Refuse a dataset with non-finite pixels or weights: such a file would poison every later training."""
+    bad = [what for what, t in (("pixels", ds.images), ("weights", ds.weights))
+           if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SmallsetError(f"The reduced set has non-finite {' and '.join(bad)} (NaN or infinity); nothing was "
+                            f"written. The method diverged: lower its learning rate and run again.")
 
 
 def read_reduced(path: str | os.PathLike) -> ImageDataset:

@@ -130,9 +130,34 @@ def run(source_id: str, run_name: str, parent_run_id: str | None = None, tags: d
             exp = experiment_id(experiment_name(source_id))
             with mlflow.start_run(experiment_id=exp, run_name=run_name, nested=parent_run_id is not None,
                                   parent_run_id=parent_run_id, tags=tags or {}) as r:
-                yield r.info.run_id
+                OPEN_RUNS.add(r.info.run_id)
+                try:
+                    yield r.info.run_id
+                except KeyboardInterrupt:  # stopped by a signal: KILLED, not FAILED
+                    mlflow.end_run("KILLED")
+                    raise
+                finally:
+                    OPEN_RUNS.discard(r.info.run_id)
         finally:
             _LOCAL.held = False
+
+
+OPEN_RUNS: set[str] = set()  # runs this process started and has not finished (marked KILLED on a signal)
+
+
+def kill_open_runs() -> list[str]:
+    """Mark every run this process left open as KILLED (after SIGINT/SIGTERM); best effort."""
+    from mlflow.tracking import MlflowClient
+
+    killed = []
+    for run_id in list(OPEN_RUNS):
+        try:
+            MlflowClient(tracking_uri()).set_terminated(run_id, status="KILLED")
+            killed.append(run_id)
+        except Exception:  # noqa: BLE001 - the store may be unreachable while shutting down
+            pass
+        OPEN_RUNS.discard(run_id)
+    return killed
 
 
 def start_parent(source_id: str, run_name: str, tags: dict | None = None) -> str:
@@ -143,6 +168,7 @@ def start_parent(source_id: str, run_name: str, tags: dict | None = None) -> str
     with write_lock():
         exp = experiment_id(experiment_name(source_id))
         r = MlflowClient(tracking_uri()).create_run(exp, run_name=run_name, tags=tags or {})
+    OPEN_RUNS.add(r.info.run_id)
     return r.info.run_id
 
 
@@ -151,6 +177,7 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 
     with write_lock():
         MlflowClient(tracking_uri()).set_terminated(run_id, status=status)
+    OPEN_RUNS.discard(run_id)
 
 
 def _flat(params: dict, prefix: str = "") -> dict[str, str]:

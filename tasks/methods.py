@@ -1,9 +1,13 @@
 """Method lookup across both registries: a name → its class and kind (``prune`` or ``distill``)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from smallset.errors import SmallsetError
-from smallset.method import Method
 from smallset.registry import Registry
+
+if TYPE_CHECKING:  # importing the methods imports torch: only when a method is looked up
+    from smallset.method import Method
 
 
 def registries() -> dict[str, Registry]:

@@ -18,7 +18,7 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset, Source
 from smallset.method import Reduction
 from smallset.models import resolve_device
-from smallset.tasks.spec import Cell
+from smallset.tasks.spec import Cell, check_budget_fits
 from smallset.train import EvalResult, Protocol, evaluate, get_protocol
 
 
@@ -61,6 +61,7 @@ def prepare(cell: Cell, ds: ImageDataset) -> tuple[Any, float]:
     method = cell.method_instance()
     if not method.has_prepare():
         return None, 0.0
+    check_budget_fits(cell, ds)
     t0 = time.perf_counter()
     prepared = method.prepare(ds, context_for(cell, None))
     return (prepared.cpu() if isinstance(prepared, torch.Tensor) else prepared), time.perf_counter() - t0
@@ -77,24 +78,31 @@ class Reduced:
     prepare_seconds: float = 0.0
 
 
-def preflight(cell: Cell, ds: ImageDataset, what: str) -> None:
-    """Print the memory/time estimate of the coming work and refuse it when it cannot fit (unless forced)."""
+def preflight(cell: Cell, ds: ImageDataset, what: str, budget: float | int | None = None) -> None:
+    """Print the memory/time estimate of the coming work and refuse it when it cannot fit (unless forced).
+    With the method's ``budget`` the method's own memory (``Method.extra_memory_bytes``) is added."""
     import sys
 
     from smallset import estimate
 
-    extra = 256 * ds.num_classes if cell.kind == "distill" else 0  # condensers hold a real batch per class
-    est = estimate.estimate_training(ds, cell.options.model, cell.options.model_kwargs, 256, device_for(cell),
-                                     extra_images=extra)
+    method = cell.method_instance()
+    own = method.extra_memory_bytes(ds, budget, context_for(cell, None)) if budget is not None else 0
+    # A method whose own model covers its working memory (DM, DC, DSA, CAFE: docs/methods/condenser-memory.md)
+    # adds no generic batch; other condensers are assumed to hold a 256-image real batch per class.
+    whole = budget is not None and type(method).models_working_memory
+    extra = 0 if whole else (256 * ds.num_classes if cell.kind == "distill" else 0)
+    est = estimate.estimate_training(ds, cell.options.model, cell.options.model_kwargs, 0 if whole else 256,
+                                     device_for(cell), extra_images=extra, extra_bytes=own)
     sys.stderr.write(f"[smallset] {what}: {est.describe()}\n")
-    estimate.check(est, cell.options.force)
+    estimate.check(est, cell.options.force, lower=type(method).memory_options if own else ())
 
 
 def reduce(cell: Cell, source: Source, prepared: Any = None, prepare_seconds: float = 0.0) -> Reduced:
     """Run the cell's method on the source's training split at the cell's budget."""
     ds = source.train
+    check_budget_fits(cell, ds)
     budget = cell.budget.for_kind(cell.kind, len(ds), ds.num_classes)
-    preflight(cell, ds, f"{cell.method} {budget.label(cell.kind)}")
+    preflight(cell, ds, f"{cell.method} {budget.label(cell.kind)}", budget.value(cell.kind))
     method = cell.method_instance()
     t0 = time.perf_counter()
     out: Reduction = method.reduce(ds, budget.value(cell.kind), context_for(cell, source.test), prepared)

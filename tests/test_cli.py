@@ -78,3 +78,25 @@ def test_method_options_appear_in_help(capsys):
         main(["prune", "--help"])
     out = capsys.readouterr().out
     assert "--fraction" in out and "Methods:" in out
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_bad_input_found_inside_a_prefect_flow_is_one_sentence_too(tmp_path, tiny_parquet_session):
+    """Prefect would log the SmallsetError with its whole traceback (task failed, flow failed) before the
+    command line's sentence; only the sentence is shown, unless --debug."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SMALLSET_USE_PREFECT="1", TQDM_DISABLE="1")
+    argv = [sys.executable, "-c", "import sys; from smallset.flows.cli import main; sys.exit(main())", "distill",
+            "--source", f"parquet:{tiny_parquet_session}", "--ipc", "21", "--no-eval", "--iterations", "1"]
+    quiet = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr, quiet.stderr
+    lines = [line for line in quiet.stderr.splitlines() if line.strip() and not line.startswith("[smallset]")]
+    assert lines == ["smallset: error: --ipc must lie between 1 and 20 (the smallest class of the source); got 21."]
+    loud = subprocess.run(argv + ["--debug"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 2 and "Traceback" in loud.stderr and "Task run failed" in loud.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -72,7 +72,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(SmallsetError, match=r"output .*out.parquet cannot be written \(disk full\)"):
         store.write_reduced(ds, tmp_path / "out.parquet", _meta(ds))
     assert list(tmp_path.iterdir()) == []
 
