@@ -24,7 +24,7 @@ after returning freed heap to the OS (``malloc_trim``) and resetting the peak th
 the resident set when the arm started. Rows are appended to ``--json`` (JSON lines) as they finish; a Markdown
 table is printed at the end.
 
-Full run (the lead's quiet machine; about 1 h 15 min of experts per dataset on 2 cores, then 4 × 3 × --time):
+Full run (a quiet machine; 30–40 min of experts per dataset on 2 cores, then 4 settings × 3 arms × --time):
 
     SMALLSET_CACHE=~/.cache/smallset flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_mtt.py \\
         --settings mnist:1,mnist:10,cifar10:1,cifar10:10 --model convnet-s --experts 5 --expert-epochs 15 \\

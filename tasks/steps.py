@@ -44,6 +44,7 @@ def prepare_key(cell: Cell, ds: ImageDataset) -> dict:
     return {
         "method": cell.method,
         "digest": ds.digest,
+        "normalization": [list(ds.mean), list(ds.std)],  # scores and features live in the normalised space
         "model": cell.options.model if cls.uses_model else None,
         "model_kwargs": cell.options.model_kwargs if cls.uses_model else None,
         "seed": cell.seed,

@@ -54,6 +54,7 @@ def assert_one_sentence(code: int, err: str, what) -> None:
 
 # --- malformed sources ------------------------------------------------------------------------------------
 def base_columns(n_per_class: int = 2, classes: int = 2, size: int = 8) -> dict:
+    """A valid source (``--fraction 1`` of it runs): each defect below must be what makes it fail."""
     ds = make_tiny_dataset(n_per_class=n_per_class, num_classes=classes, size=size)
     return {"image": [{"bytes": encode_png(x), "path": None} for x in ds.images], "label": ds.labels.tolist()}
 
@@ -157,7 +158,7 @@ def test_malformed_sources_are_one_sentence_and_write_nothing(command, defect, r
         write_source(source, defect, row, junk, cut)
         before = sorted(p.relative_to(tmp) for p in tmp.rglob("*"))
         src = f"parquet:{source.parent if layout == 'dir' else source}"
-        argv = (["prune", "--source", src, "--no-eval", "--no-progress", "--output", "out/x.parquet"]
+        argv = (["prune", "--source", src, "--fraction", "1", "--no-eval", "--no-progress", "--output", "out/x.parquet"]
                 if command == "prune" else ["datasets", "--source", src])
         code, _, err = run_cli(argv, tmp)
         assert_one_sentence(code, err, (command, defect, layout))
@@ -224,7 +225,7 @@ def test_bad_option_values_are_one_sentence_and_write_nothing(tiny_parquet_sessi
 def test_every_kind_of_malformed_source_once(defect, tmp_path):
     """Each defect at least once, whatever hypothesis draws above."""
     write_source(tmp_path / "src.parquet", defect, 1, b"\x89PNG garbage", 0.5)
-    code, _, err = run_cli(["prune", "--source", f"parquet:{tmp_path / 'src.parquet'}", "--no-eval",
+    code, _, err = run_cli(["prune", "--source", f"parquet:{tmp_path / 'src.parquet'}", "--fraction", "1", "--no-eval",
                             "--no-progress", "--output", "out/x.parquet"], tmp_path)
     assert_one_sentence(code, err, defect)
     assert not (tmp_path / "out").exists()
