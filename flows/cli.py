@@ -47,7 +47,7 @@ def use_prefect() -> bool:
 
 
 def prepare_prefect() -> None:
-    from smallset.flows.prefect_guard import prepare_prefect as prepare
+    from smallset.tasks.prefect_guard import prepare_prefect as prepare
 
     prepare()
 
@@ -269,8 +269,8 @@ def stop_everything(own_process: bool) -> None:
     request_stop()
     if "smallset.tracking" in sys.modules:
         sys.modules["smallset.tracking"].kill_open_runs()
-    if "smallset.flows.prefect_guard" in sys.modules:
-        sys.modules["smallset.flows.prefect_guard"].stop_ephemeral_servers()
+    if "smallset.tasks.prefect_guard" in sys.modules:
+        sys.modules["smallset.tasks.prefect_guard"].stop_ephemeral_servers()
     if own_process:
         import psutil
 

@@ -27,10 +27,12 @@ from prefect.cache_policies import NO_CACHE
 from smallset.data import Source, load_source
 from smallset.errors import SmallsetError
 from smallset.tasks import record, steps
+from smallset.tasks.prefect_guard import guard_ephemeral_server
 from smallset.tasks.spec import Cell, default_output
 from smallset.train import EvalResult
 
 _LOAD_LOCK = threading.Lock()
+guard_ephemeral_server()  # a Dask worker's own temporary Prefect server ends with the worker (prefect_guard)
 
 
 def cached_source(spec: str, data_root: str | None = None, normalization: str = "auto") -> Source:

@@ -12,6 +12,8 @@
   is re-parented), and in a session of its own, so that Ctrl-C in a terminal reaches smallset, which stops
   the run and then the server, rather than killing the server under a running flow.
   :func:`stop_ephemeral_servers` stops it at once (the signal path of the command line).
+- :func:`stop_threads_on_sigterm`: Prefect's own SIGTERM handler (active during a flow run) also sets
+  smallset's stop flag, so the task threads stop before the flow waits for them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import threading
 import time
 
 PREFECT_FACTORY = "prefect.server.api.server:create_app"
-GUARDED_FACTORY = "smallset.flows.prefect_guard:create_app"
+GUARDED_FACTORY = "smallset.tasks.prefect_guard:create_app"
 
 
 # --- the server side ---------------------------------------------------------------------------------------
@@ -45,9 +47,13 @@ def create_app():
 
 # --- the client side ---------------------------------------------------------------------------------------
 def guard_ephemeral_server() -> None:
-    """Make Prefect start its temporary server through :func:`create_app`, in its own session (idempotent)."""
+    """Make Prefect start its temporary server through :func:`create_app`, in its own session (idempotent;
+    nothing to do with a configured server, ``PREFECT_API_URL``). :mod:`smallset.tasks.prefect_tasks` calls
+    it on import, so the temporary server a Dask worker process starts for itself is guarded too."""
     import subprocess
 
+    if os.environ.get("PREFECT_API_URL"):
+        return
     from prefect.server.api import server
 
     cls = server.SubprocessASGIServer
@@ -170,7 +176,6 @@ def stop_threads_on_sigterm() -> None:
 
 def prepare_prefect() -> None:
     """Everything above, before a flow runs in this process."""
-    if not os.environ.get("PREFECT_API_URL"):
-        guard_ephemeral_server()
+    guard_ephemeral_server()
     stop_threads_on_sigterm()
     quiet_smallset_errors()
