@@ -2,7 +2,7 @@
 
 For each row (condenser × dataset × ipc) at the papers' settings on the CPU — ConvNet-128 (``--model
 convnet``: width 128, depth 3, instance norm), ``batch_real`` 256, the method's per-ipc defaults (DC/DSA
-loops, DSA strategy of the dataset), ``--threads`` torch threads — three kinds of measurement, each in a
+loops, DSA strategy of the dataset), ``--threads`` torch threads — two kinds of measurement, each in a
 fresh Python process, so its peak RSS and page faults are its own:
 
 - ``run``: the condenser of the code under test (this working tree) loads
@@ -13,10 +13,11 @@ fresh Python process, so its peak RSS and page faults are its own:
   dataset and the iterations), the RSS after loading and after ``setup``, and the pre-run memory estimate
   (``smallset.tasks.steps.preflight``'s numbers) for this working tree. CAFE has no fixed iteration (its
   loops stop on accuracy probes): its row times one *outer step*, one image step plus one accuracy probe.
-- ``floor``: the work no implementation of the iteration can skip, through the same network
-  (``smallset.models``) on random inputs of the row's shapes, timed the same way (median, first repeat
-  dropped), the fastest of streaming the real images in chunks of 32 or of a class's 256 images, with
-  freed memory kept by the allocator:
+- ``floor`` (in the ``run`` process, right after its iterations, so both see the same machine: separate
+  processes on this VM differed by up to 15 % in speed): the work no implementation of the iteration can
+  skip, through the same network (``smallset.models``) on random inputs of the row's shapes, timed the same
+  way (median, first repeat dropped), the fastest of streaming the real images in chunks of 32 or of a
+  class's 256 images, with glibc's mmap off so that no chunk size pays for page faults:
   DM: the no-grad forward (``embed``) of the real batch of every class, plus the Siamese DSA of that
   batch; DC/DSA: per outer step and class, one forward + backward of the real batch (``∇θ`` of the
   mean cross-entropy; DSA: plus its Siamese DSA) and one forward + double backward of the class's
@@ -31,7 +32,9 @@ fresh Python process, so its peak RSS and page faults are its own:
 Output: one JSON object per measurement, appended to ``--json``, and a Markdown table: per row the
 seconds per iteration (wall, CPU), its ratio to the floor, the speed-up over the base commit, the ratio to
 the official code's figure where one was measured (``REFERENCE``), faults per iteration, peak RSS, and
-the 1-minute load before each measurement. ``--table-only --json FILE`` re-prints the table.
+the 1-minute load before each measurement and the CPU seconds other processes used per iteration (a row
+with more than a few tenths there was measured beside other work). ``--table-only --json FILE`` re-prints
+the table (the last measurement of each row and kind).
 
     flock /tmp/smallset-cpu.lock .venv/bin/python benchmarks/bench_speed.py \
         --rows dm-mnist-1,dm-cifar10-1 --iters 4 --base HEAD --json /tmp/bench_speed.jsonl
@@ -143,6 +146,7 @@ def summarise(samples: list[dict]) -> dict:
 # --- the worker (one measurement, in its own process) -------------------------------------------------------
 def worker(args) -> dict:
     use_code(Path(args.code))
+    SETTINGS.update(parse_settings(args.set))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -152,20 +156,27 @@ def worker(args) -> dict:
     import smallset.distill  # noqa: F401  (registers the condensers)
 
     out["rss_import_gb"] = rss_gb()
-    if args.kind == "floor":
-        out.update(floor(method, dataset, ipc, args))
-    else:
-        out.update(run(method, dataset, ipc, args))
+    out.update(run(method, dataset, ipc, args))
+    if args.kind == "run" and not args.no_floor:  # right after the run, in the same process: same machine state
+        out["floor"] = floor(method, dataset, ipc, args)
     out.setdefault("peak_rss_gb", peak_rss_gb())
     out["load_after"] = os.getloadavg()[0]
     return out
 
 
+SETTINGS: dict[str, str] = {}  # --set overrides (worker side)
+
+
 def make_condenser(method: str, ipc: int):
+    """The method's paper defaults for ``ipc`` with batch_real 256 and the ``--set`` overrides it has."""
     from smallset.distill.base import CONDENSERS
 
     cls = CONDENSERS.get(method)
-    return cls(cls.config_for_ipc(ipc, batch_real=256))
+    cfg = cls.config_for_ipc(ipc, batch_real=256)
+    for key, value in SETTINGS.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, type(getattr(cfg, key))(value))
+    return cls(cfg)
 
 
 def run(method: str, dataset: str, ipc: int, args) -> dict:
@@ -336,13 +347,25 @@ def floor(method: str, dataset: str, ipc: int, args) -> dict:
 def spawn(row: str, kind: str, code: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--row", row, "--kind", kind,
            "--code", str(code), "--iters", str(iters_for(row, args)), "--threads", str(args.threads),
-           "--data", args.data, "--floor-reps", str(args.floor_reps)] + (["--quiet"] if args.quiet else [])
+           "--data", args.data, "--floor-reps", str(args.floor_reps)] + (["--quiet"] if args.quiet else []) + \
+        [a for kv in args.set for a in ("--set", kv)] + \
+        (["--no-floor"] if args.no_floor else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONPATH=str(code), TQDM_DISABLE="1")
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         return {"row": row, "kind": kind, "error": f"worker exited with {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_settings(items: list[str]) -> dict[str, str]:
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes FIELD=VALUE, not {kv!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def iters_for(row: str, args) -> int:
@@ -380,13 +403,15 @@ def table(records: list[dict]) -> str:
     by: dict[str, dict] = {}
     for r in records:
         if "error" not in r:
-            by.setdefault(r["row"], {})[r["kind"]] = r
+            name = r["row"] + (f" ({', '.join(r['settings'])})" if r.get("settings") else "")
+            by.setdefault(name, {})[r["kind"]] = r
     lines = ["| row | s/it (wall; CPU) | floor s/it | ÷ floor | base s/it | speed-up | reference s/it | ÷ reference "
-             "| faults/it (base) | peak RSS GB (base) | estimate GB | load (base) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| faults/it (base) | peak RSS GB (base) | estimate GB | load (base) | other CPU s/it (base) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, kinds in by.items():
-        run, fl, base = kinds.get("run"), kinds.get("floor"), kinds.get("base")
-        ref = REFERENCE.get(row)
+        run, base = kinds.get("run"), kinds.get("base")
+        fl = (run or {}).get("floor")
+        ref = REFERENCE.get(row) if row in REFERENCE else None  # rows with --set settings differ
         w = run["median"]["wall"] if run else None
         fw = fl["median"]["wall"] if fl else None
         bw = base["median"]["wall"] if base else None
@@ -398,7 +423,9 @@ def table(records: list[dict]) -> str:
             f"| {fmt(run['median']['faults'] if run else None, '.0f')} ({fmt(base['median']['faults'] if base else None, '.0f')}) "
             f"| {fmt(run['peak_rss_gb'] if run else None)} ({fmt(base['peak_rss_gb'] if base else None)}) "
             f"| {fmt(est.get('peak_gb'))} "
-            f"| {fmt(run['load_before'] if run else None)} ({fmt(base['load_before'] if base else None)}) |")
+            f"| {fmt(run['load_before'] if run else None)} ({fmt(base['load_before'] if base else None)}) "
+            f"| {fmt(run['median']['other_cpu'] if run else None)} "
+            f"({fmt(base['median']['other_cpu'] if base else None)}) |")
     return "\n".join(lines)
 
 
@@ -411,6 +438,11 @@ def main() -> None:
     ap.add_argument("--floor-reps", type=int, default=2, help="timed repeats of the floor (after one dropped)")
     ap.add_argument("--base", default="", help="also run the code as of this commit (git worktree)")
     ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field of every measured condenser (run, floor and base), e.g. "
+                         "outer_loop=2 to time an ipc-10 DC/DSA iteration as 2 outer steps")
+    ap.add_argument("--only-base", action="store_true", help="measure the --base commit only (the table reads "
+                    "the other measurements from --json)")
     ap.add_argument("--json", default="/tmp/bench_speed.jsonl")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--table-only", action="store_true")
@@ -431,13 +463,13 @@ def main() -> None:
     for r in rows:
         if r not in ROWS:
             raise SystemExit(f"unknown row {r!r}; rows: {', '.join(ROWS)}")
+    parse_settings(args.set)
     stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-             "cpus": os.cpu_count()}
+             "cpus": os.cpu_count(), "settings": args.set}
     records = []
 
     def measure(row, kind, code, extra=None):
-        rec = {**spawn(row, kind if kind != "base" else "run", code, args), **stamp, **(extra or {})}
-        rec["kind"] = kind
+        rec = {**spawn(row, kind, code, args), **stamp, **(extra or {})}
         records.append(rec)
         with open(args.json, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -445,16 +477,20 @@ def main() -> None:
         print(f"{row} {kind}: {fmt(med.get('wall'))} s/it wall, {fmt(med.get('cpu'))} s CPU, "
               f"{fmt(med.get('faults'), '.0f')} faults/it, peak RSS {fmt(rec.get('peak_rss_gb'))} GB, "
               f"load {fmt(rec.get('load_before'))}{' ERROR ' + rec['error'] if 'error' in rec else ''}", flush=True)
+        if "floor" in rec:
+            fm = rec["floor"]["median"]
+            print(f"{row} floor: {fmt(fm['wall'])} s/it wall, {fmt(fm['cpu'])} s CPU (best chunk "
+                  f"{rec['floor']['best_chunk']})", flush=True)
 
-    for row in rows:
+    for row in rows if not args.only_base else ():
         measure(row, "run", ROOT)
-        if not args.no_floor:
-            measure(row, "floor", ROOT)
     if args.base:
         with BaseCheckout(args.base) as path:
             for row in rows:
                 measure(row, "base", path, {"base_commit": subprocess.run(
                     ["git", "-C", str(path), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout.strip()})
+    if args.only_base and Path(args.json).exists():  # the table with this file's other measurements
+        records = [json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]
     print(table(records))
 
 

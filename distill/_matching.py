@@ -14,7 +14,7 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.distill.base import Condenser, init_synthetic
-from smallset.distill._streaming import PixelRows, keep_freed_memory
+from smallset.distill._streaming import PixelRows, chunk_for, chunks, keep_freed_memory
 
 # Real images per class forwarded to set the BatchNorm statistics before matching (reference: BNSizePC).
 BN_IMAGES_PER_CLASS = 16
@@ -59,12 +59,22 @@ def train_on_synthetic(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         perm = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), batch_size):
             idx = perm[start:start + batch_size]
-            xb = x[idx]
+            xb, yb = x[idx], y[idx]
             if augment is not None:
                 xb = augment(xb)
-            loss = F.cross_entropy(net(xb), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            chunk = chunk_for(x.device, net)
+            if chunk and len(xb) > chunk:
+                # Streamed in chunks on the CPU (distill/_streaming.py): the per-chunk gradients of the
+                # batch-mean loss add up to the batch's gradient.
+                loss = torch.zeros((), device=x.device)
+                for s, e in chunks(len(xb), chunk):
+                    part = F.cross_entropy(net(xb[s:e]), yb[s:e], reduction="sum") / len(xb)
+                    part.backward()
+                    loss = loss + part.detach()
+            else:
+                loss = F.cross_entropy(net(xb), yb)
+                loss.backward()
             opt.step()
     return float(loss.detach())
 

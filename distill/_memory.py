@@ -38,14 +38,16 @@ def breakdown(ds: ImageDataset, ipc: int, ctx: RunContext, *, batch_real: int, p
 
     - ``synthetic set``: classes · ipc images, with their gradient and SGD momentum (3 copies);
     - ``synthetic activations``: ``syn_rows`` images (default: all classes · ipc) through the network with
-      a graph kept for the backward, ``syn_factor`` × their forward outputs (DM, CAFE: 2; DC/DSA's
-      double backward of one class: 3);
+      a graph kept for the backward, ``syn_factor`` × their forward outputs (DM, CAFE: 1 — measured 0.66
+      on ConvNet-128, the in-place ReLU outputs being counted twice; DC/DSA's double backward of one
+      class: 3);
     - ``real batch``: the real images held at once (every class's batch for DM/CAFE, one class's for
       DC/DSA), gathered and normalised (2 copies) plus, with DSA, the augmented copy and the warp's
       temporaries (3 more);
     - ``real activations``: the forward outputs of the real images one forward holds: a chunk of
       ``_streaming.CPU_CHUNK`` on the CPU, the whole batch elsewhere; twice that with a backward (DC/DSA);
-    - ``inner loop``: DC/DSA's training on the synthetic set, ``inner_rows`` images forward and backward;
+    - ``inner loop``: DC/DSA's and CAFE's training on the synthetic set, a mini-batch of ``inner_rows``
+      images forward and backward (streamed in chunks on the CPU as well);
     - ``extra``: method-specific terms (CAFE's last-layer features of the real batch, its probe batch).
     """
     k = ds.num_classes
@@ -59,7 +61,7 @@ def breakdown(ds: ImageDataset, ipc: int, ctx: RunContext, *, batch_real: int, p
         "synthetic activations": int(syn_factor * (n_syn if syn_rows is None else syn_rows) * act),
         "real batch": int(rows * image * (2 + (3 if dsa else 0))),
         "real activations": int(min(chunk, rows) * act * (2 if real_backward else 1)),
-        "inner loop": int(2 * inner_rows * act),
+        "inner loop": int(2 * min(chunk, inner_rows) * act),
     }
     terms.update(extra or {})
     return terms

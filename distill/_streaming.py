@@ -27,9 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Real images per chunk on the CPU: every activation of ConvNet-128 on 32×32 images is then ≤ 16.8 MB
-# (32·128·32·32 floats), under glibc's largest mmap threshold, and fits the last-level cache. Chunks of 16–64
+# (32·128·32·32 floats), under glibc's largest mmap threshold, and fits the last-level cache. Chunks of 8–32
 # measured within 5 % of each other on the 2-core benchmark machine (BENCHMARKS.md, issue 15); 256 (a class)
-# and 2,560 (every class) were 1.9× and 2.4× slower without the allocator settings below.
+# and 2,560 (every class) were 1.95× slower with glibc's default settings, 2,560 still 2.5× with mmap off.
 CPU_CHUNK = 32
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -135,7 +135,7 @@ class CAFECondenser(Condenser):
     def memory_breakdown(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> dict[str, int]:
         """Bytes by term (docs/methods/condenser-memory.md): as DM (every class's real batch, no backward
         through it), plus the real batch's last-layer features and the probe batch."""
-        from smallset.distill._memory import FLOAT, real_rows
+        from smallset.distill._memory import FLOAT, breakdown, real_rows
         from smallset.models import seeded_model
 
         cfg = self.config
@@ -147,7 +147,7 @@ class CAFECondenser(Condenser):
                  "probe batch": 2 * probe * image}
         inner = min(cfg.batch_train, ds.num_classes * int(ipc))
         return breakdown(ds, ipc, ctx, batch_real=cfg.batch_real, per_class=False, real_backward=False,
-                         dsa=cfg.dsa, syn_factor=2, inner_rows=inner, extra=extra)
+                         dsa=cfg.dsa, syn_factor=1, inner_rows=inner, extra=extra)
 
     def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
         return sum(self.memory_breakdown(ds, int(budget), ctx).values())

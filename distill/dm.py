@@ -58,7 +58,7 @@ class DMCondenser(Condenser):
         through it; the synthetic set with a graph for one backward."""
         cfg = self.config
         return breakdown(ds, ipc, ctx, batch_real=cfg.batch_real, per_class=False, real_backward=False,
-                         dsa=cfg.dsa, syn_factor=2)
+                         dsa=cfg.dsa, syn_factor=1)
 
     def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
         return sum(self.memory_breakdown(ds, int(budget), ctx).values())

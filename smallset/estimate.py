@@ -3,7 +3,10 @@
 Memory model (bytes, float32): the training split twice (pixel scale and the normalised copy on the
 device) + the model four times (weights, gradients, momentum, a spare copy) + the activations of one
 mini-batch, measured on a probe forward pass with hooks and doubled for the backward pass, scaled to the
-batch size. The time per epoch comes from timing a few forward/backward passes on a probe batch and
+batch size; a method's own memory (``Method.extra_memory_bytes``) is added, and a method whose own model covers
+its whole working memory (``Method.models_working_memory``: DM, DC, DSA and CAFE,
+docs/methods/condenser-memory.md) is estimated with no mini-batch term (``batch_size`` 0, no extra images).
+The time per epoch comes from timing a few forward/backward passes on a probe batch and
 scaling to the split's size. Both are estimates, meant to catch the order of magnitude: a run that
 cannot fit is refused unless forced.
 """
