@@ -10,6 +10,8 @@ augmentation of the training batches (``--augment``; ``auto`` flips colour image
 - ``random-ib``: every epoch a fresh uniform random subset of the size InfoBatch kept in that epoch (same seed),
   unit weights: random dynamic pruning at InfoBatch's exact per-epoch image count;
 - ``random@f``: every epoch a fresh uniform random subset of floor(f·N), one pass (CREST's step budget);
+- ``random-2x@f``: the same with the loss gradient doubled (weight decay not): the step of the CREST release,
+  which back-propagates twice, so the paper's CREST is compared at its effective learning rate;
 - ``crest@f``: :class:`smallset.prune.crest.CrestSelector` at fraction f (same steps; ``--crest-fast`` adds the
   documented CPU options consistent_check and check_subsets=1);
 - ``infobatch@f``: InfoBatch at fraction f, i.e. round(f·epochs) epochs of the compressed schedule.
@@ -52,7 +54,7 @@ from smallset.train import accuracy  # noqa: E402
 
 DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",
             "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
-ARMS = ("full", "infobatch", "random-ib", "random", "crest", "infobatch-f")  # the last three per fraction
+ARMS = ("full", "infobatch", "random-ib", "random", "random-2x", "crest", "infobatch-f")  # the last four per fraction
 
 
 def model_kwargs(pairs: list[str]) -> dict:
@@ -66,9 +68,12 @@ def model_kwargs(pairs: list[str]) -> dict:
     return out
 
 
-def train_baseline(ds, test, recipe: dict, args, seed: int, device, sizes: list[int]) -> dict:
+def train_baseline(ds, test, recipe: dict, args, seed: int, device, sizes: list[int],
+                   loss_scale: float = 1.0) -> dict:
     """Epoch e trains on a fresh uniform random subset of ``sizes[e]`` examples (N: the full data), one pass,
-    unit weights, on the shared schedule and augmentation (forward only at LR 0, as CREST and InfoBatch)."""
+    unit weights, on the shared schedule and augmentation (forward only at LR 0, as CREST and InfoBatch).
+    ``loss_scale`` 2 is the CREST release's effective step: it back-propagates the loss twice, doubling the loss
+    gradient but not the weight decay (docs/methods/crest.md)."""
     mk = model_kwargs(args.model_arg)
     model = seeded_model(args.model, ds.channels, ds.num_classes, ds.image_size, seed, **mk).to(device)
     x, y = ds.normalized().to(device), ds.labels.to(device)
@@ -93,7 +98,7 @@ def train_baseline(ds, test, recipe: dict, args, seed: int, device, sizes: list[
             idx = perm[s:s + B]
             xb = crop_flip(x[idx], aug_gen, crop, flip)
             if lr > 0:
-                loss = F.cross_entropy(model(xb), y[idx])
+                loss = loss_scale * F.cross_entropy(model(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -128,7 +133,10 @@ def run_crest(ds, test, recipe: dict, args, seed: int, device, fraction: float) 
     return {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
             "steps": int(info["steps"]), "image_passes": int(info["steps"]) * cfg.batch_size,  # batches of B
             "selection_seconds": info["selection_seconds"], "selections": int(info["selections"]),
-            "distinct_examples": len(sel.indices)}
+            "distinct_examples": len(sel.indices),
+            # per epoch: the check interval, the number of coresets P, the pool size; κ per selection
+            "curves": {k: [float(v) for v in info[k]] for k in ("check_interval", "num_coresets", "pool_size",
+                                                                 "kappa") if k in info}}
 
 
 def main(argv=None):
@@ -192,7 +200,7 @@ def main(argv=None):
         ds, test = sources[name]
         n = len(ds)
         runs = [(a, None) for a in ("full", "infobatch", "random-ib") if a in arms]
-        runs += [(a, f) for f in fractions for a in ("random", "crest", "infobatch-f") if a in arms]
+        runs += [(a, f) for f in fractions for a in ("random", "random-2x", "crest", "infobatch-f") if a in arms]
         ib_kept = None
         for arm, f in runs:
             if arm == "full":
@@ -206,6 +214,9 @@ def main(argv=None):
                 res = train_baseline(ds, test, recipe, args, seed, device, ib_kept)
             elif arm == "random":
                 res = train_baseline(ds, test, recipe, args, seed, device, [math.floor(n * f)] * args.epochs)
+            elif arm == "random-2x":
+                res = train_baseline(ds, test, recipe, args, seed, device, [math.floor(n * f)] * args.epochs,
+                                     loss_scale=2.0)
             elif arm == "crest":
                 res = run_crest(ds, test, recipe, args, seed, device, f)
             else:
@@ -216,7 +227,7 @@ def main(argv=None):
                    "recipe": recipe, "elapsed": round(time.perf_counter() - began, 1),
                    "load1": round(os.getloadavg()[0], 2)}
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "epoch_kept")}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "epoch_kept", "curves")}), flush=True)
             if args.json:
                 with open(args.json, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
