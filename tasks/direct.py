@@ -33,11 +33,36 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _keep_previous(output: Path) -> Path | None:
+    """A hard link to the file already at ``output`` (one the run may overwrite, ``--force``), under a
+    temporary name of :mod:`smallset.atomic` (so a killed process's link is removed by the next write there);
+    None when there is none or the file system cannot link."""
+    from smallset.atomic import temp_path
+
+    if not output.is_file():
+        return None
+    keep = temp_path(output)
+    try:
+        os.link(output, keep)
+    except OSError:
+        return None
+    return keep
+
+
+def _drop(path: Path | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def run_cell(cell: Cell, retries: int = 2) -> dict:
     """prepare → reduce → evaluate (each evaluation model) → write and log; returns the result row.
 
     When anything stops the run after the file was written (a signal while the MLflow run is logged), the
-    new file is removed again: a stopped run leaves no output."""
+    write is taken back: the file that was there before is put back, or the new file removed when there was
+    none. A stopped run leaves the output as it found it."""
     from smallset.data import load_source
 
     opts = cell.options
@@ -49,18 +74,26 @@ def run_cell(cell: Cell, retries: int = 2) -> dict:
                                      for m in opts.evaluation_models()}
     output = Path(cell.output or default_output(src.id, cell))
     before = _identity(output)
-    for attempt in range(retries + 1):
-        try:
-            return record.write_and_log(cell, src, red, evals, output)
-        except BaseException as e:
-            after = _identity(output)
-            if after is not None and after != before:  # written by this attempt: take it back
-                try:
-                    os.unlink(output)
-                except OSError:
-                    pass
-            if attempt < retries and _transient(e):
-                time.sleep(2)
-                continue
-            raise
-    raise AssertionError("unreachable")
+    previous = _keep_previous(output)
+    try:
+        for attempt in range(retries + 1):
+            try:
+                return record.write_and_log(cell, src, red, evals, output)
+            except BaseException as e:
+                after = _identity(output)
+                if after is not None and after != before:  # written by this attempt: take it back
+                    try:
+                        if previous is not None:
+                            os.replace(previous, output)  # the file that was there before, as it was
+                            previous = _keep_previous(output)
+                        else:
+                            os.unlink(output)
+                    except OSError:
+                        pass
+                if attempt < retries and _transient(e):
+                    time.sleep(2)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+    finally:
+        _drop(previous)
