@@ -5,8 +5,9 @@ later (its temporary server, workers), a partial file under the output name (one
 hidden temporary files beside it; after all kills one more run writes the output, and the temporary files
 left then are counted again (the write removes those of dead writers).
 
-The moment of each kill is drawn uniformly between 0.2 s and the duration of one complete run (measured
-first), so the kills spread over start-up, selection, the write and the MLflow logging.
+The moment of each kill is drawn uniformly between 0.2 s and ``--span`` × the duration of one complete run
+(measured first), so the kills spread over start-up, selection, the write and the MLflow logging; a run that
+finishes before its moment is counted as finished, not as a kill.
 
     flock /tmp/smallset-cpu.lock .venv/bin/python benchmarks/bench_kills.py --kills 20 --signal KILL
     flock /tmp/smallset-cpu.lock .venv/bin/python benchmarks/bench_kills.py --kills 6 --signal TERM --prefect
@@ -71,6 +72,8 @@ def main(argv=None) -> None:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--signal", choices=["KILL", "TERM", "INT"], default="KILL")
     ap.add_argument("--prefect", action="store_true", help="run through Prefect (SMALLSET_USE_PREFECT=1)")
+    ap.add_argument("--span", type=float, default=1.0,
+                    help="kill moments up to this fraction of a complete run (below 1: fewer runs finish first)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="append the summary to this JSON-lines file")
     args = ap.parse_args(argv)
@@ -87,10 +90,10 @@ def main(argv=None) -> None:
         full = time.perf_counter() - t0
         out.unlink()
         print(f"# one complete run: {full:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
-        orphans = partial = 0
+        orphans = partial = finished_first = 0
         temps_after_kill = []
         for k in range(args.kills):
-            delay = rng.uniform(0.2, full)
+            delay = rng.uniform(0.2, args.span * full)
             p = subprocess.Popen(command(out), env=env, cwd=scratch, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
             seen: list[psutil.Process] = []
@@ -99,6 +102,7 @@ def main(argv=None) -> None:
                 seen += [c for c in tree(p.pid) if c.pid not in {s.pid for s in seen}]
                 time.sleep(0.05)
             finished = p.poll() is not None
+            finished_first += finished
             if not finished:
                 seen += [c for c in tree(p.pid) if c.pid not in {s.pid for s in seen}]
                 p.send_signal(sig)
@@ -117,7 +121,8 @@ def main(argv=None) -> None:
                               "temp_files": len(temps)}), flush=True)
         final = subprocess.run(command(out), env=env, cwd=scratch, capture_output=True, timeout=600)
         temps_final = len(list(scratch.glob(".out.parquet.*")))
-        summary = {"signal": args.signal, "prefect": args.prefect, "kills": args.kills, "run_s": round(full, 1),
+        summary = {"signal": args.signal, "prefect": args.prefect, "runs": args.kills,
+                   "killed": args.kills - finished_first, "span": args.span, "run_s": round(full, 1),
                    "processes_left": orphans, "partial_files": partial,
                    "temp_files_max_between_runs": max(temps_after_kill or [0]),
                    "final_run_exit": final.returncode, "temp_files_after_next_write": temps_final,
