@@ -42,7 +42,6 @@ import os
 import resource
 import sys
 import time
-import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +53,9 @@ import torch  # noqa: E402
 from smallset.context import RunContext  # noqa: E402
 from smallset.data import load_source  # noqa: E402
 from smallset.train import evaluate, get_protocol  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_distill import class_balanced_random, convert  # noqa: E402  (the distillation benchmark's helpers)
 
 
 def peak_reset() -> bool:
@@ -88,23 +90,6 @@ def rss_mib() -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def convert(config_cls, name: str, value: str):
-    hints = typing.get_type_hints(config_cls)
-    if name not in hints:
-        raise SystemExit(f"{config_cls.__name__} has no field {name!r}")
-    t = hints[name]
-    if t is bool:
-        return value.lower() in ("1", "true", "yes")
-    if typing.get_origin(t) is typing.Literal:
-        return value
-    return t(value)
-
-
-def class_balanced_random(ds, ipc: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([idx[torch.randperm(len(idx), generator=g)[:ipc]] for idx in ds.class_indices()])
 
 
 def condense_for(cond, ds, ipc: int, ctx: RunContext, seconds: float):
