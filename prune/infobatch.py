@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,8 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.prune._training import augment_flags, crop_flip, parse_epochs, warmup_multistep_lr, accuracy_on_test_split
+from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
+                                      parse_epochs, warmup_multistep_lr)
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.train import accuracy
 
@@ -35,26 +35,18 @@ INITIAL_SCORE = 3.0  # the package's constant initial loss: nothing lies below t
 
 
 @dataclass
-class InfoBatchConfig:
-    """InfoBatch's r and δ (paper defaults) and a training recipe whose fields mean what CREST's fields of the
-    same name mean, with CREST's defaults, so that the two run on the same schedule
+class InfoBatchConfig(TrainingSchedule):
+    """InfoBatch's r and δ (paper defaults) on the training-time methods' shared recipe (CREST's fields and
+    defaults, :class:`TrainingSchedule`), so that the two run on the same schedule
     (docs/methods/infobatch.md#infobatch-recipe)."""
 
+    epochs: int = option(200, "epochs of the full run; the run has round(fraction × epochs) (as CREST's epochs)")
+    momentum: float = option(0.0, "SGD momentum (as CREST; InfoBatch's CIFAR example: 0.9)")
+    weight_decay: float = option(1e-4, "SGD weight decay (as CREST; InfoBatch's CIFAR example: 5e-4)")
     prune_ratio: float = option(0.5, "r: share of the below-mean-loss examples skipped each epoch; the kept ones "
                                      "get loss weight 1/(1-r) (paper: 0.5)")
     delta: float = option(0.875, "δ: prune while epoch+1 <= δ·epochs; the last (1-δ) of the epochs train on all "
                                  "data (paper: 0.875, i.e. the last eighth)")
-    epochs: int = option(200, "epochs of the full run; the run has round(fraction × epochs) (as CREST's epochs)")
-    batch_size: int = option(128, "SGD mini-batch size (as CREST)")
-    lr: float = option(0.1, "peak SGD learning rate (as CREST)")
-    momentum: float = option(0.0, "SGD momentum (as CREST; InfoBatch's CIFAR example: 0.9)")
-    weight_decay: float = option(1e-4, "SGD weight decay (as CREST; InfoBatch's CIFAR example: 5e-4)")
-    warmup_epochs: int = option(20, "linear LR warm-up epochs, epoch 0 at LR 0 (as CREST)")
-    lr_milestones: str = option("100,150", "comma-separated epochs, counted after the warm-up, at which the LR is "
-                                           "multiplied by lr_gamma (as CREST)")
-    lr_gamma: float = option(0.1, "LR decay factor at each milestone (as CREST)")
-    augment: Literal["none", "auto", "crop_flip", "crop"] = option(
-        "none", "training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images)")
     test_every: int = option(0, "evaluate on the test split every this many epochs (0: only at the end)")
 
 
