@@ -1,12 +1,15 @@
-"""Measured peak memory of one MTT step against ``MTTCondenser.extra_memory_bytes`` (the memory model of
-docs/methods/mtt.md#mtt-memory).
+"""Measured peak memory of MTT steps against ``MTTCondenser.graph_bytes`` (the unrolled graph's size) and
+``extra_memory_bytes`` (what the pre-run estimate adds: on the CPU the graph × the heap's retention), the
+memory model of docs/methods/mtt.md#mtt-memory.
 
-Each configuration runs in a fresh subprocess: one student unroll of ``syn_steps`` steps (DSA on) over random
-synthetic images of the model's input shape, the trajectory loss and its backward. CPU: the peak resident set
-during the step (VmHWM after resetting it through /proc/self/clear_refs, Linux), with
-``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set; CUDA: ``max_memory_allocated``.
+Each configuration runs in a fresh subprocess: ``--iterations`` student unrolls of ``syn_steps`` steps (DSA on)
+over random synthetic images of the model's input shape, each with the trajectory loss and its backward. CPU:
+the peak resident set (VmHWM after resetting it through /proc/self/clear_refs, Linux), by default with
+``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set at once (the graph's own size);
+``--malloc default`` keeps glibc's own threshold, as a normal run does; CUDA: ``max_memory_allocated``.
 
     .venv/bin/python benchmarks/mtt_memory.py                      # the table of docs/methods/mtt.md (CPU)
+    .venv/bin/python benchmarks/mtt_memory.py --malloc default --iterations 4 --configs convnet-s:1:28:10:30:0
     .venv/bin/python benchmarks/mtt_memory.py --device cuda --configs convnet:3:32:10:30:0
 """
 from __future__ import annotations
@@ -34,7 +37,8 @@ def _status(key: str) -> int:
     raise RuntimeError(key)
 
 
-def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: int, device: str) -> dict:
+def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: int, device: str,
+            iterations: int = 1) -> dict:
     import torch
 
     from smallset.augment import DSA
@@ -47,7 +51,8 @@ def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: i
     ds = ImageDataset(images=torch.rand(2000, channels, size, size), labels=torch.arange(10).repeat(200),
                       classes=[str(i) for i in range(10)], mean=(0.5,) * channels, std=(0.25,) * channels, name="fake")
     cond = MTTCondenser(MTTCondenser.make_config({"syn_steps": steps, "batch_syn": batch}, ipc))
-    estimate = cond.extra_memory_bytes(ds, ipc, RunContext(model=model, device=dev))
+    graph = cond.graph_bytes(ds, ipc, RunContext(model=model, device=dev))  # the graph's own size
+    process = cond.extra_memory_bytes(ds, ipc, RunContext(model=model, device=dev))  # what the estimate adds
     net = seeded_model(model, channels, 10, (size, size), 0).to(dev).train()
     fm = FlatModel(net)
     syn = torch.randn(10 * ipc, channels, size, size, device=dev, requires_grad=True)
@@ -67,19 +72,21 @@ def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: i
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _status("VmRSS")
-    theta = unroll(fm, start, syn, labels, lr, batches, lambda x: dsa(x, g))
-    loss = trajectory_loss(theta, start, target)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+    for _ in range(iterations):
+        theta = unroll(fm, start, syn, labels, lr, batches, lambda x: dsa(x, g))
+        loss = trajectory_loss(theta, start, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        del theta, loss
     if dev.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _status("VmHWM") - base
     return {"model": model, "channels": channels, "size": size, "ipc": ipc, "syn_steps": steps,
-            "batch_syn": batch or 10 * ipc, "device": device, "measured_mib": peak / 2**20,
-            "estimate_mib": estimate / 2**20, "ratio": estimate / max(peak, 1)}
+            "batch_syn": batch or 10 * ipc, "device": device, "iterations": iterations, "measured_mib": peak / 2**20,
+            "graph_mib": graph / 2**20, "estimate_mib": process / 2**20}
 
 
 def main() -> None:
@@ -87,6 +94,11 @@ def main() -> None:
     ap.add_argument("--configs", default=DEFAULT, help="MODEL:CHANNELS:SIZE:IPC:SYN_STEPS:BATCH_SYN,… (0 = all)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=1, help="unroll + backward this many times in one process "
+                                                                 "(the peak over all of them)")
+    ap.add_argument("--malloc", choices=("mmap", "default"), default="mmap",
+                    help="mmap: MALLOC_MMAP_THRESHOLD_=65536, freed tensors leave the resident set at once (the "
+                         "model's calibration); default: glibc's own threshold, as in a normal run")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     if args.one:
@@ -94,17 +106,24 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         m, c, s, ipc, steps, batch = args.one.split(":")
-        print(json.dumps(measure(m, int(c), int(s), int(ipc), int(steps), int(batch), args.device)))
+        print(json.dumps(measure(m, int(c), int(s), int(ipc), int(steps), int(batch), args.device, args.iterations)))
         return
-    print("| model, images | ipc | N | batch_syn | measured MiB | estimate MiB | estimate / measured |")
-    print("|---|---|---|---|---|---|---|")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    print(f"| model, images | ipc | N | batch_syn | measured MiB ({args.malloc} malloc, {args.iterations} iterations) "
+          f"| graph MiB (`graph_bytes`) | estimate MiB (`extra_memory_bytes`) | graph / measured | estimate / measured |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    env = dict(os.environ)
+    if args.malloc == "mmap":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
     for cfg in args.configs.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", cfg, "--device", args.device,
-                              "--threads", str(args.threads)], env=env, capture_output=True, text=True, check=True)
+                              "--threads", str(args.threads), "--iterations", str(args.iterations)], env=env, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['model']}, {r['channels']}×{r['size']}×{r['size']} | {r['ipc']} | {r['syn_steps']} | "
-              f"{r['batch_syn']} | {r['measured_mib']:.0f} | {r['estimate_mib']:.0f} | {r['ratio']:.2f} |", flush=True)
+              f"{r['batch_syn']} | {r['measured_mib']:.0f} | {r['graph_mib']:.0f} | {r['estimate_mib']:.0f} | "
+              f"{r['graph_mib'] / max(r['measured_mib'], 1e-9):.2f} | {r['estimate_mib'] / max(r['measured_mib'], 1e-9):.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

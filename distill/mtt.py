@@ -147,6 +147,8 @@ def start_epoch_bound(cfg: MTTConfig, it: int) -> int:
 
 
 FLOAT = 4  # bytes per float32
+# Peak resident set of a whole CPU run over the graph's size (benchmarks/mtt_memory.py --malloc default, bench_mtt.py)
+CPU_HEAP_RETENTION = 1.45
 
 
 @register_condenser("mtt")
@@ -240,7 +242,7 @@ class MTTCondenser(Condenser):
         return self.prepare(ds, ctx)
 
     # --- memory (the pre-run estimate adds this) --------------------------------------------------------
-    def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
+    def graph_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
         """Bytes of the unrolled student graph, held until the backward pass (docs/methods/mtt.md#mtt-memory):
         per student step the new parameter vector θ_n, its gradient ∇θ_n and α·∇θ_n (3·P floats) plus the
         activations of ``batch_syn`` images kept for the create_graph backward (1.5 × the forward outputs,
@@ -257,10 +259,17 @@ class MTTCondenser(Condenser):
         act_per_image = activation_bytes(net, probe) / max(1, len(probe))
         image = ds.channels * ds.image_size[0] * ds.image_size[1] * FLOAT
         # 1.5 × the forward outputs: measured peaks of one step were 1.45–1.5 × (forward outputs · batch · steps)
-        # on ConvNet-3 (CPU, docs/methods/mtt.md#mtt-memory); the in-place ReLU outputs are counted by the
+        # on ConvNet-3 (CPU, freed memory returned at once; docs/methods/mtt.md#mtt-memory); the in-place ReLU outputs are counted by the
         # probe but share their input's memory.
         per_step = 3 * params * FLOAT + batch * (1.5 * act_per_image + image)
         return int(c.syn_steps * per_step + 3 * n_syn * image + 3 * params * FLOAT)
+
+    def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
+        """What the process holds for the unrolled graph: :meth:`graph_bytes`, on the CPU × the heap's
+        retention (glibc keeps freed blocks of one iteration's graph and the next one only partly reuses them;
+        measured 1.38–1.43 × over a whole run, docs/methods/mtt.md#mtt-memory). Other devices: unmeasured, × 1."""
+        graph = self.graph_bytes(ds, budget, ctx)
+        return int(graph * CPU_HEAP_RETENTION) if torch.device(ctx.device).type == "cpu" else graph
 
     # --- the condenser hooks ----------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:

@@ -372,6 +372,17 @@ def test_extra_memory_grows_with_syn_steps_and_batch_syn(ds):
     assert mem(batch_syn=0) == mem(batch_syn=6) == mem(batch_syn=60)  # 0 and anything above = the whole set
 
 
+def test_cpu_estimate_adds_the_heap_retention_to_the_graph(ds):
+    """On the CPU a whole run's peak is ~1.4 × the graph (glibc keeps freed blocks): the estimate must say so."""
+    from smallset.distill.mtt import CPU_HEAP_RETENTION
+
+    m = make(syn_steps=7)
+    graph = m.graph_bytes(ds, 2, ctx())
+    assert graph > 0 and CPU_HEAP_RETENTION >= 1.4
+    assert m.extra_memory_bytes(ds, 2, ctx()) == int(graph * CPU_HEAP_RETENTION)
+    assert m.extra_memory_bytes(ds, 2, ctx(device=torch.device("cuda"))) == graph  # unmeasured there: the graph
+
+
 def test_preflight_refuses_an_unrolled_graph_that_cannot_fit_naming_syn_steps(ds, monkeypatch):
     from smallset import estimate
     from smallset.options import RunOptions
