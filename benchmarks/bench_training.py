@@ -8,7 +8,8 @@ augmentation of the training batches (``--augment``; ``auto`` flips colour image
 - ``full``: every epoch a pass over the shuffled full training set;
 - ``infobatch``: InfoBatch at its own budget (fraction 1: r = ``--prune-ratio``, δ = ``--delta``);
 - ``random-ib``: every epoch a fresh uniform random subset of the size InfoBatch kept in that epoch (same seed),
-  unit weights: random dynamic pruning at InfoBatch's exact per-epoch image count;
+  unit weights: random dynamic pruning at InfoBatch's exact per-epoch image count (``--infobatch-kept FILE``
+  takes those counts from an earlier run's infobatch rows instead of running InfoBatch again);
 - ``random@f``: every epoch a fresh uniform random subset of floor(f·N), one pass (CREST's step budget);
 - ``random-2x@f``: the same with the loss gradient doubled (weight decay not): the step of the CREST release,
   which back-propagates twice, so the paper's CREST is compared at its effective learning rate;
@@ -166,6 +167,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--json", default="", help="append one JSON line per run here")
     ap.add_argument("--table-only", action="store_true", help="re-print the table of the --json file and exit")
+    ap.add_argument("--infobatch-kept", default="", metavar="FILE",
+                    help="random-ib: take InfoBatch's per-epoch counts from the infobatch rows (same dataset, seed, "
+                         "recipe, r and δ) of this JSON-lines file instead of running InfoBatch again")
     args = ap.parse_args(argv)
     if args.table_only:
         if not args.json or not Path(args.json).exists():
@@ -189,6 +193,7 @@ def main(argv=None):
           f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
           f"augment={args.augment}", flush=True)
     print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
+    earlier = earlier_kept(args.infobatch_kept, recipe, args) if args.infobatch_kept else {}
     rows, sources = [], {}
     for name, seed in plan:
         if name not in sources:
@@ -201,7 +206,10 @@ def main(argv=None):
         n = len(ds)
         runs = [(a, None) for a in ("full", "infobatch", "random-ib") if a in arms]
         runs += [(a, f) for f in fractions for a in ("random", "random-2x", "crest", "infobatch-f") if a in arms]
-        ib_kept = None
+        ib_kept = earlier.get((name, seed))
+        if args.infobatch_kept and ib_kept is None and "random-ib" in arms:
+            ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {name} seed {seed} with this "
+                     f"recipe, r and δ")
         for arm, f in runs:
             if arm == "full":
                 res = train_baseline(ds, test, recipe, args, seed, device, [n] * args.epochs)
@@ -224,7 +232,9 @@ def main(argv=None):
             label = {"infobatch-f": "infobatch"}.get(arm, arm)
             row = {"dataset": name, "seed": seed, "run": label if f is None else f"{label}@{f:g}", **res,
                    "model": args.model, "model_kwargs": model_kwargs(args.model_arg), "augment": args.augment,
-                   "recipe": recipe, "elapsed": round(time.perf_counter() - began, 1),
+                   "recipe": recipe, **({"prune_ratio": args.prune_ratio, "delta": args.delta}
+                                        if label in ("infobatch", "random-ib") else {}),
+                   "elapsed": round(time.perf_counter() - began, 1),
                    "load1": round(os.getloadavg()[0], 2)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "epoch_kept", "curves")}), flush=True)
@@ -232,6 +242,20 @@ def main(argv=None):
                 with open(args.json, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
     summarize(rows)
+
+
+def earlier_kept(path: str, recipe: dict, args) -> dict[tuple[str, int], list[int]]:
+    """(dataset, seed) → InfoBatch's per-epoch kept counts from the infobatch rows of an earlier run's JSON
+    lines with the same recipe, model, augmentation, r and δ (their ``epoch_kept``)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if (r.get("run") == "infobatch" and r.get("recipe") == recipe and r.get("model") == args.model
+                and r.get("model_kwargs") == model_kwargs(args.model_arg) and r.get("augment") == args.augment
+                and r.get("prune_ratio", args.prune_ratio) == args.prune_ratio
+                and r.get("delta", args.delta) == args.delta and r.get("epoch_kept")):
+            out[(r["dataset"], r["seed"])] = r["epoch_kept"]
+    return out
 
 
 def summarize(rows: list[dict]) -> None:
