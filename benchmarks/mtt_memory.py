@@ -109,7 +109,8 @@ def main() -> None:
         print(json.dumps(measure(m, int(c), int(s), int(ipc), int(steps), int(batch), args.device, args.iterations)))
         return
     print(f"| model, images | ipc | N | batch_syn | measured MiB ({args.malloc} malloc, {args.iterations} iterations) "
-          f"| graph MiB (`graph_bytes`) | estimate MiB (`extra_memory_bytes`) | graph / measured | estimate / measured |")
+          "| graph MiB (`graph_bytes`) | estimate MiB (`extra_memory_bytes`) | graph / measured "
+          "| estimate / measured |")
     print("|---|---|---|---|---|---|---|---|---|")
     env = dict(os.environ)
     if args.malloc == "mmap":
@@ -118,12 +119,13 @@ def main() -> None:
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
     for cfg in args.configs.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", cfg, "--device", args.device,
-                              "--threads", str(args.threads), "--iterations", str(args.iterations)], env=env, capture_output=True, text=True, check=True)
+                              "--threads", str(args.threads), "--iterations", str(args.iterations)],
+                             env=env, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {r['model']}, {r['channels']}×{r['size']}×{r['size']} | {r['ipc']} | {r['syn_steps']} | "
               f"{r['batch_syn']} | {r['measured_mib']:.0f} | {r['graph_mib']:.0f} | {r['estimate_mib']:.0f} | "
-              f"{r['graph_mib'] / max(r['measured_mib'], 1e-9):.2f} | {r['estimate_mib'] / max(r['measured_mib'], 1e-9):.2f} |",
-              flush=True)
+              f"{r['graph_mib'] / max(r['measured_mib'], 1e-9):.2f} | "
+              f"{r['estimate_mib'] / max(r['measured_mib'], 1e-9):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -259,8 +259,8 @@ class MTTCondenser(Condenser):
         act_per_image = activation_bytes(net, probe) / max(1, len(probe))
         image = ds.channels * ds.image_size[0] * ds.image_size[1] * FLOAT
         # 1.5 × the forward outputs: measured peaks of one step were 1.45–1.5 × (forward outputs · batch · steps)
-        # on ConvNet-3 (CPU, freed memory returned at once; docs/methods/mtt.md#mtt-memory); the in-place ReLU outputs are counted by the
-        # probe but share their input's memory.
+        # on ConvNet-3 (CPU, freed memory returned at once; docs/methods/mtt.md#mtt-memory); the in-place ReLU
+        # outputs are counted by the probe but share their input's memory.
         per_step = 3 * params * FLOAT + batch * (1.5 * act_per_image + image)
         return int(c.syn_steps * per_step + 3 * n_syn * image + 3 * params * FLOAT)
 

@@ -82,14 +82,14 @@ def run_cell(cell: Cell, retries: int = 2) -> dict:
             except BaseException as e:
                 after = _identity(output)
                 if after is not None and after != before:  # written by this attempt: take it back
-                    try:
-                        if previous is not None:
+                    if previous is None:
+                        _drop(output)
+                    else:
+                        try:
                             os.replace(previous, output)  # the file that was there before, as it was
                             previous = _keep_previous(output)
-                        else:
-                            os.unlink(output)
-                    except OSError:
-                        pass
+                        except OSError:
+                            pass
                 if attempt < retries and _transient(e):
                     time.sleep(2)
                     continue
