@@ -121,12 +121,13 @@ class ScoreRunSelector(Selector):
         """One score per example (float, on any device) from one scoring model in eval mode."""
         raise NotImplementedError
 
-    def check_config(self) -> None:
-        check_scoring_config(self.config)
+    @classmethod
+    def check_config(cls, config) -> None:
+        check_scoring_config(config)
 
     def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         """The mean over ``models`` scoring runs of :meth:`score_model` (float32, one per example)."""
-        self.check_config()
+        self.check_config(self.config)
         if len(ds) == 0:
             raise SmallsetError("The dataset is empty; there is nothing to score.")
         x = ds.normalized().to(ctx.device)

@@ -92,3 +92,20 @@ class TrainingSchedule:
     lr_gamma: float = option(0.1, "LR decay factor at each milestone")
     augment: Literal["none", "auto", "crop_flip", "crop"] = option(
         "none", "training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images)")
+
+
+def validate_schedule(c: TrainingSchedule) -> None:
+    """One sentence naming the first bad field of the shared schedule (the training-time methods check their
+    own fields besides)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(c, name) < 1:
+            raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
+    if c.warmup_epochs < 0:
+        raise SmallsetError(f"warmup_epochs cannot be negative; got {c.warmup_epochs}.", option="warmup_epochs")
+    for name in ("lr", "momentum", "weight_decay"):
+        if not getattr(c, name) >= 0:
+            raise SmallsetError(f"{name} cannot be negative; got {getattr(c, name)}.", option=name)
+    if not c.lr_gamma > 0:
+        raise SmallsetError(f"lr_gamma must be positive; got {c.lr_gamma}.", option="lr_gamma")
+    parse_epochs(c.lr_milestones)
+    augment_flags(c.augment, 1)

@@ -25,26 +25,19 @@ from smallset.models import seeded_model
 from smallset.train import accuracy
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.prune.submodular import euclidean_similarity, facility_location_greedy
-from smallset.prune._training import augment_flags, crop_flip, accuracy_on_test_split
+from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
+                                      parse_epochs, validate_schedule, warmup_multistep_lr)
 
 EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 
 
 @dataclass
-class CrestConfig:
-    """CREST hyperparameters; defaults are the reference release's (docs/methods/crest.md#crest-defaults)."""
+class CrestConfig(TrainingSchedule):
+    """CREST hyperparameters on the training-time methods' shared schedule (:class:`TrainingSchedule`, whose
+    defaults are CREST's); defaults are the reference release's (docs/methods/crest.md#crest-defaults)."""
 
-    epochs: int = field(default=200, metadata={
-        "help": "Epochs of the full run; the budget is fraction × epochs × ceil(N / batch) SGD steps."})
     batch_size: int = field(default=128, metadata={
         "help": "SGD mini-batch size B (also sets ceil(B/C) per class per coreset)."})
-    lr: float = field(default=0.1, metadata={"help": "Peak learning rate of SGD."})
-    momentum: float = field(default=0.0, metadata={"help": "SGD momentum (the reference passes none)."})
-    weight_decay: float = field(default=1e-4, metadata={"help": "SGD weight decay."})
-    warmup_epochs: int = field(default=20, metadata={"help": "Linear LR warm-up epochs (epoch 0 runs at LR 0)."})
-    lr_milestones: str = field(default="100,150", metadata={
-        "help": "Comma-separated epochs, counted after the warm-up, at which the LR is multiplied by lr_gamma."})
-    lr_gamma: float = field(default=0.1, metadata={"help": "LR decay factor at each milestone."})
     random_subset_size: float = field(default=0.01, metadata={
         "help": "Random subset size r as a fraction of N (ceil(r·N/C) per class)."})
     num_minibatch_coreset: int = field(default=5, metadata={"help": "Coresets P at the first selection."})
@@ -79,30 +72,10 @@ class CrestConfig:
                 "selection and checks use clean inputs (docs/methods/crest.md)."})
 
 
-def parse_milestones(text: str) -> list[int]:
-    """``"100,150"`` → [100, 150]; an empty string means no decay."""
-    text = (text or "").strip()
-    if not text:
-        return []
-    try:
-        ms = sorted(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise SmallsetError(
-            f"--lr-milestones must be comma-separated whole epochs like 100,150; got {text!r}.") from None
-    if any(m < 0 for m in ms):
-        raise SmallsetError("lr_milestones cannot be negative.", option="lr_milestones")
-    return ms
-
-
 def lr_for_epoch(cfg: CrestConfig, epoch: int) -> float:
     """The reference's warm-up + multi-step schedule, one value per CREST epoch: lr·e/warmup up to the warm-up,
     then one ``lr_gamma`` decay per milestone counted from its end (docs/methods/crest.md#crest-optimiser-schedule)."""
-    w = cfg.warmup_epochs
-    if w > 0 and epoch <= w:
-        return cfg.lr * epoch / w
-    shift = w + 1 if w > 0 else 0
-    decays = sum(1 for m in parse_milestones(cfg.lr_milestones) if epoch >= shift + m)
-    return cfg.lr * cfg.lr_gamma ** decays
+    return warmup_multistep_lr(cfg.lr, epoch, cfg.warmup_epochs, parse_epochs(cfg.lr_milestones), cfg.lr_gamma)
 
 
 def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
@@ -117,25 +90,27 @@ def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
 
 
 def validate_config(cfg: CrestConfig) -> None:
+    """One sentence naming the first bad field: the shared schedule's, then CREST's own."""
+    validate_schedule(cfg)
     if cfg.check_subsets < 0:
         raise SmallsetError("check_subsets cannot be negative (0 checks on all random subsets).", option="check_subsets")
-    positive_ints = ("epochs", "batch_size", "num_minibatch_coreset", "check_interval", "watch_interval",
-                     "drop_interval")
-    for name in positive_ints:
+    for name in ("num_minibatch_coreset", "check_interval", "watch_interval", "drop_interval"):
         if int(getattr(cfg, name)) < 1:
-            raise SmallsetError(f"{name} must be at least 1.", option=name)
-    if cfg.warmup_epochs < 0 or cfg.test_every < 0:
-        raise SmallsetError("warmup_epochs and test_every cannot be negative.", option="warmup_epochs")
+            raise SmallsetError(f"{name} must be at least 1; got {getattr(cfg, name)}.", option=name)
+    if cfg.test_every < 0:
+        raise SmallsetError(f"test_every cannot be negative; got {cfg.test_every}.", option="test_every")
     if not (0.0 < cfg.random_subset_size <= 1.0):
-        raise SmallsetError(f"random_subset_size must lie in (0, 1]; got {cfg.random_subset_size}.", option="random_subset_size")
-    if cfg.lr < 0 or cfg.weight_decay < 0 or cfg.momentum < 0:
-        raise SmallsetError("lr, weight_decay and momentum cannot be negative.", option="lr")
-    if cfg.lr_gamma <= 0 or cfg.interval_mul <= 0 or cfg.batch_num_mul <= 0 or cfg.check_thresh_factor < 0:
-        raise SmallsetError(
-            "--lr-gamma, --interval-mul and --batch-num-mul must be positive, --check-thresh-factor non-negative.")
+        raise SmallsetError(f"random_subset_size must lie in (0, 1]; got {cfg.random_subset_size}.",
+                            option="random_subset_size")
+    for name in ("interval_mul", "batch_num_mul"):
+        if not getattr(cfg, name) > 0:
+            raise SmallsetError(f"{name} must be positive; got {getattr(cfg, name)}.", option=name)
+    if not cfg.check_thresh_factor >= 0:
+        raise SmallsetError(f"check_thresh_factor cannot be negative; got {cfg.check_thresh_factor}.",
+                            option="check_thresh_factor")
     if not (0.0 <= cfg.min_pool_fraction <= 1.0):
-        raise SmallsetError(f"min_pool_fraction must lie in [0, 1]; got {cfg.min_pool_fraction}.", option="min_pool_fraction")
-    parse_milestones(cfg.lr_milestones)
+        raise SmallsetError(f"min_pool_fraction must lie in [0, 1]; got {cfg.min_pool_fraction}.",
+                            option="min_pool_fraction")
 
 
 def _flat(tensors, params) -> torch.Tensor:
@@ -513,6 +488,10 @@ class CrestSelector(Selector):
              "num_minibatch_coreset": 2, "drop_learned": False}
     higher_is_keep = None
     uses_model = True
+
+    @classmethod
+    def check_config(cls, config: CrestConfig) -> None:
+        validate_config(config)
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)

@@ -74,18 +74,21 @@ class ForgettingSelector(Selector):
         super().__init__(config)
         self.score_info: dict = {}
 
-    def _check_config(self) -> None:
-        c = self.config
+    @classmethod
+    def check_config(cls, c: ForgettingConfig) -> None:
         if c.score_epochs < 1:
-            raise SmallsetError("score_epochs must be at least 1 (one presentation per example per epoch).")
+            raise SmallsetError("score_epochs must be at least 1 (one presentation per example per epoch).",
+                                option="score_epochs")
         if c.score_runs < 1:
-            raise SmallsetError("score_runs must be at least 1.")
-        if c.batch_size < 1 or c.lr <= 0:
-            raise SmallsetError("batch_size must be at least 1 and lr positive.")
+            raise SmallsetError("score_runs must be at least 1.", option="score_runs")
+        if c.batch_size < 1:
+            raise SmallsetError("batch_size must be at least 1.", option="batch_size")
+        if not c.lr > 0:
+            raise SmallsetError(f"lr must be positive; got {c.lr}.", option="lr")
 
     def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         """Forgetting counts (float32, one per example), summed over ``score_runs`` runs."""
-        self._check_config()
+        self.check_config(self.config)
         c = self.config
         x = ds.normalized().to(ctx.device)
         y = ds.labels.to(ctx.device)

@@ -27,7 +27,7 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
-                                      parse_epochs, warmup_multistep_lr)
+                                      parse_epochs, validate_schedule, warmup_multistep_lr)
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.train import accuracy
 
@@ -56,19 +56,9 @@ def validate_config(c: InfoBatchConfig) -> None:
         raise SmallsetError(f"prune_ratio must lie in [0, 1); got {c.prune_ratio}.", option="prune_ratio")
     if not (0.0 <= c.delta <= 1.0):
         raise SmallsetError(f"delta must lie in [0, 1]; got {c.delta}.", option="delta")
-    for name in ("epochs", "batch_size"):
-        if getattr(c, name) < 1:
-            raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
-    for name in ("warmup_epochs", "test_every"):
-        if getattr(c, name) < 0:
-            raise SmallsetError(f"{name} cannot be negative; got {getattr(c, name)}.", option=name)
-    for name in ("lr", "momentum", "weight_decay"):
-        if getattr(c, name) < 0:
-            raise SmallsetError(f"{name} cannot be negative; got {getattr(c, name)}.", option=name)
-    if not c.lr_gamma > 0:
-        raise SmallsetError(f"lr_gamma must be positive; got {c.lr_gamma}.", option="lr_gamma")
-    parse_epochs(c.lr_milestones)
-    augment_flags(c.augment, 1)
+    if c.test_every < 0:
+        raise SmallsetError(f"test_every cannot be negative; got {c.test_every}.", option="test_every")
+    validate_schedule(c)
 
 
 # --- the pieces (docs/methods/infobatch.md#infobatch-algorithm) -------------------------------------------
@@ -265,6 +255,10 @@ class InfoBatchSelector(Selector):
              "augment": "crop_flip"}
     higher_is_keep = None
     uses_model = True
+
+    @classmethod
+    def check_config(cls, config: InfoBatchConfig) -> None:
+        validate_config(config)
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)

@@ -22,7 +22,7 @@ from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
-                                      parse_epochs, warmup_multistep_lr)
+                                      parse_epochs, validate_schedule, warmup_multistep_lr)
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 
 
@@ -41,6 +41,10 @@ class RandomStepsSelector(Selector):
     demo = {"epochs": 10, "warmup_epochs": 1}
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": ""}
 
+    @classmethod
+    def check_config(cls, config: RandomStepsConfig) -> None:
+        validate_schedule(config)
+
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         cfg = self.config
         fraction = check_fraction(fraction)
@@ -48,8 +52,7 @@ class RandomStepsSelector(Selector):
         if n_epoch < 1:
             raise SmallsetError(f"fraction {fraction} of {len(ds)} examples is less than one example; use a larger "
                                 f"fraction.", option="fraction")
-        if cfg.epochs < 1 or cfg.batch_size < 1:
-            raise SmallsetError("epochs and batch_size must be at least 1.", option="epochs")
+        validate_schedule(cfg)
         milestones = parse_epochs(cfg.lr_milestones)
         flags = augment_flags(cfg.augment, ds.channels)
         device = torch.device(ctx.device)

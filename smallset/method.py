@@ -64,8 +64,16 @@ class Method:
 
     @classmethod
     def make_config(cls, overrides: dict | None = None, budget: float | int | None = None) -> Any:
-        """The paper's defaults for ``budget`` with ``overrides`` coerced to the fields' types."""
-        return coerce_config(cls.name, cls.config_cls, overrides, base=cls.default_config(budget))
+        """The paper's defaults for ``budget`` with ``overrides`` coerced to the fields' types and checked as a
+        whole by :meth:`check_config`, so that a bad value is refused before any flow starts."""
+        config = coerce_config(cls.name, cls.config_cls, overrides, base=cls.default_config(budget))
+        cls.check_config(config)
+        return config
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise a one-sentence :class:`SmallsetError` naming the first bad field (value ranges the types
+        cannot say); methods with such constraints override it and call it again before they run."""
 
     def params(self) -> dict:
         return config_to_dict(self.config)

@@ -10,7 +10,9 @@ import torch
 from smallset import store
 from smallset.context import RunContext
 from smallset.data import ImageDataset
+from smallset.errors import SmallsetError
 from smallset.method import Method, Reduction
+from smallset.prune._training import TrainingSchedule
 from smallset.tasks.methods import all_methods, method_class
 from helpers import straight_and_resumed
 
@@ -101,3 +103,34 @@ def test_condenser_resumes_exactly(name, ds, tmp_path):
     assert resumed.info["resumed_from"] == half
     assert torch.equal(resumed.images, straight.images)
     assert resumed.info["loss_curve"] == straight.info["loss_curve"]
+
+
+TRAINING_TIME = [n for n in all_methods() if issubclass(method_class(n).config_cls, TrainingSchedule)]
+
+
+@pytest.mark.parametrize("name", TRAINING_TIME)
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("warmup_epochs", -1), ("lr", -0.1),
+                                         ("momentum", -0.5), ("weight_decay", -1e-4), ("lr_gamma", 0.0),
+                                         ("lr_milestones", "ten"), ("lr_milestones", "10,-5")])
+def test_training_time_methods_refuse_a_bad_schedule_when_the_config_is_made(name, field, value):
+    """One rule for the shared schedule, applied by make_config: before any data or flow exists."""
+    cls = method_class(name)
+    with pytest.raises(SmallsetError) as err:
+        cls.make_config({**cls.smoke, field: value})
+    assert err.value.option == field
+    assert str(err.value).endswith(".") and "\n" not in str(err.value)
+    cls.make_config({**cls.smoke, field: getattr(cls.config_cls(), field)})  # the default passes
+
+
+def test_the_training_time_methods_share_the_schedule():
+    assert {"crest", "infobatch", "random_steps"} <= set(TRAINING_TIME)
+
+
+def test_a_bad_value_is_refused_on_the_command_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from smallset.flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", "--method", "infobatch", "--lr", "-1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lr" in err and "negative" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
