@@ -4,8 +4,8 @@ Takes a difficulty score from another registered ranking selector (``score``: fo
 drops the hardest β fraction (the hard cutoff), splits the remaining score range into ``strata`` equal-width
 bins and fills the budget by visiting the bins from the least to the most populated, giving each an equal
 share of what is left (the authors' allocation), sampling uniformly inside each bin. Per class by default.
-β comes from the paper's table for the pruning rate, a number, or a search on a validation split carved
-from the training set.
+β comes from the paper's CIFAR-10 table for the pruning rate, a number, or a search on a validation split
+carved from the training set; by default (``auto``) the table on CIFAR-10 and the search elsewhere.
 
 Rationale and the paper's recipe: docs/methods/ccs.md.
 """
@@ -27,6 +27,8 @@ from smallset.prune.base import SELECTORS, Selection, Selector, check_fraction, 
 # Recalled from the paper's appendix table for CIFAR-10 (pruning rate: β); only 90 % → 0.3 is verified
 # against the authors' README (docs/methods/ccs.md#ccs-beta).
 CIFAR10_BETA_TABLE = "0.3:0,0.5:0,0.7:0.1,0.8:0.1,0.9:0.3"
+TABLE_DATASET = "cifar10"  # the known dataset (smallset.known_datasets) the default table was tuned on
+BETA_RULES = ("auto", "table", "search")
 
 
 @dataclass
@@ -36,18 +38,19 @@ class CCSConfig:
                         prepare=True)
     score_options: dict = option(default_factory=dict, prepare=True,
                                  help="options of the score's selector, as JSON, e.g. {\"models\": 2}")
-    beta: str = option("table", "hard-cutoff rate: a number in [0, 1), 'table' (beta_table at the pruning rate "
-                                "1 - fraction) or 'search' (best of search_grid on a validation split)")
+    beta: str = option("auto", "hard-cutoff rate: a number in [0, 1), 'table' (beta_table at the pruning rate "
+                               "1 - fraction), 'search' (best of search_grid on a validation split) or 'auto' "
+                               "(table on CIFAR-10, the data it was tuned on; search on any other data)")
     beta_table: str = option(CIFAR10_BETA_TABLE, "pruning rate:beta pairs; beta of the largest listed rate not "
                                                  "above 1 - fraction, 0 below them (paper's CIFAR-10 row)")
     strata: int = option(50, "equal-width score strata k (paper: 50)")
     balance: bool = option(True, "per class: cutoff, strata and round(fraction*n_c) budget in each class; off: "
                                  "over the whole set (the authors' code)")
-    search_grid: str = option("0,0.1,0.2,0.3,0.4,0.5", "beta values tried by beta=search")
+    search_grid: str = option("0,0.1,0.3", "beta values tried by beta=search (the grid measured on MNIST)")
     val_fraction: float = option(0.1, "share of each class held out from the training set to score beta=search "
                                       "candidates (never the test split)")
-    search_protocol: str = option("quick", "evaluation protocol (smallset.train) that trains each beta=search "
-                                           "candidate on its coreset")
+    search_protocol: str = option("demo", "evaluation protocol (smallset.train) that trains each beta=search "
+                                          "candidate on its coreset")
 
 
 # --- the algorithm (docs/methods/ccs.md#ccs-algorithm) ----------------------------------------------------
@@ -108,14 +111,15 @@ def scorer_names() -> list[str]:
 
 def parse_beta(value: Any) -> float | str:
     text = str(value).strip().lower()
-    if text in ("table", "search"):
+    if text in BETA_RULES:
         return text
     try:
         beta = float(text)
     except ValueError:
         beta = float("nan")
     if not (0.0 <= beta < 1.0):
-        raise SmallsetError(f"beta must be a number in [0, 1), 'table' or 'search'; got {value!r}.", option="beta")
+        raise SmallsetError(f"beta must be a number in [0, 1), 'auto', 'table' or 'search'; got {value!r}.",
+                            option="beta")
     return beta
 
 
@@ -153,7 +157,16 @@ def table_beta(table: list[tuple[float, float]], fraction: float) -> float:
     return beta
 
 
-def check_config(c: CCSConfig) -> None:
+def beta_rule(beta: Any, dataset_key: str | None) -> float | str:
+    """The β rule a run uses: ``auto`` becomes ``table`` on the table's dataset (CIFAR-10 or a subset of it)
+    and ``search`` on any other data; a number or an explicit rule stays as it is."""
+    rule = parse_beta(beta)
+    if rule == "auto":
+        return "table" if dataset_key == TABLE_DATASET else "search"
+    return rule
+
+
+def check_ccs_config(c: CCSConfig) -> None:
     names = scorer_names()
     if c.score not in names:
         raise SmallsetError(f"score must be one of {', '.join(names)} (a selector with ranking scores); "
@@ -190,11 +203,9 @@ class CCSSelector(Selector):
     smoke = {"score": "forgetting", "score_options": {"score_epochs": 2, "batch_size": 8}, "strata": 4}
 
     @classmethod
-    def make_config(cls, overrides: dict | None = None, budget=None) -> CCSConfig:
-        """The defaults with ``overrides``, checked as a whole (score name and options, β) before any run."""
-        config = super().make_config(overrides, budget)
-        check_config(config)
-        return config
+    def check_config(cls, config: CCSConfig) -> None:
+        """The score name and options, β and the search settings, checked as a whole before any run."""
+        check_ccs_config(config)
 
     def scorer(self) -> Selector:
         cls = SELECTORS.get(self.config.score)
@@ -202,7 +213,7 @@ class CCSSelector(Selector):
 
     def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
         """The scorer's prepared scores (float32, one per example)."""
-        check_config(self.config)
+        self.check_config(self.config)
         scores = self.scorer().prepare(ds, ctx)
         return check_scores(ds, torch.as_tensor(scores)).float().cpu()
 
@@ -230,12 +241,12 @@ class CCSSelector(Selector):
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
-        check_config(self.config)
+        self.check_config(self.config)
         scores = self.prepare(ds, ctx) if prepared is None else prepared
         scores = check_scores(ds, torch.as_tensor(scores)).float().cpu()
         difficulty = self.difficulty(scores)
-        mode = parse_beta(self.config.beta)
-        info: dict = {}
+        mode = beta_rule(self.config.beta, ds.dataset_key)
+        info: dict = {"beta_rule": mode if isinstance(mode, str) else "fixed"}
         if mode == "table":
             beta = table_beta(parse_rates(self.config.beta_table, "beta_table", True), fraction)
         elif mode == "search":

@@ -27,7 +27,7 @@ def test_registered_and_scores_come_from_ranking_selectors():
     assert "random" not in names and "ccs" not in names and "crest" not in names
     keys = CCSSelector().prepare_params()
     assert set(keys) == {"score", "score_options"}
-    assert CCSConfig().strata == 50 and CCSConfig().beta == "table"
+    assert CCSConfig().strata == 50 and CCSConfig().beta == "auto"
 
 
 def test_strata_have_equal_width_and_the_maximum_falls_in_the_last():
@@ -117,8 +117,34 @@ def test_beta_table_follows_the_pruning_rate():
     from helpers import make_tiny_dataset
 
     ds = make_tiny_dataset(n_per_class=50, num_classes=2)
-    out = CCSSelector(CCSConfig(strata=5)).select(ds, 0.1, RunContext(**CTX), prepared=ds_scores)
-    assert out.info["beta"] == 0.3 and out.info["cut"] == 30
+    out = CCSSelector(CCSConfig(beta="table", strata=5)).select(ds, 0.1, RunContext(**CTX), prepared=ds_scores)
+    assert out.info["beta"] == 0.3 and out.info["cut"] == 30 and out.info["beta_rule"] == "table"
+
+
+def test_auto_beta_is_the_table_on_cifar10_and_the_search_elsewhere(monkeypatch):
+    from dataclasses import replace
+
+    from helpers import make_tiny_dataset
+
+    searched = []
+
+    def fake_accuracy(self, train, val, ctx):
+        searched.append(len(train))
+        return {0: 0.2, 1: 0.9, 2: 0.5}[len(searched) - 1]  # grid 0, 0.1, 0.3: the search picks 0.1
+
+    monkeypatch.setattr(CCSSelector, "candidate_accuracy", fake_accuracy)
+    scores = torch.arange(100, dtype=torch.float32)
+    ds = make_tiny_dataset(n_per_class=50, num_classes=2)
+    on_cifar = CCSSelector().select(replace(ds, dataset_key="cifar10"), 0.1, RunContext(**CTX), prepared=scores)
+    assert searched == [] and on_cifar.info["beta_rule"] == "table" and on_cifar.info["beta"] == 0.3
+    for key in (None, "mnist"):
+        searched.clear()
+        out = CCSSelector().select(replace(ds, dataset_key=key), 0.1, RunContext(**CTX), prepared=scores)
+        assert len(searched) == 3 and out.info["beta_rule"] == "search" and out.info["beta"] == 0.1
+        assert out.info["search_betas"] == [0.0, 0.1, 0.3]
+    fixed = CCSSelector(CCSConfig(beta="0.2")).select(replace(ds, dataset_key="cifar10"), 0.1, RunContext(**CTX),
+                                                     prepared=scores)
+    assert fixed.info["beta"] == 0.2 and fixed.info["beta_rule"] == "fixed"
 
 
 def test_beta_search_scores_candidates_on_a_validation_split_of_the_training_set(tiny_dataset, monkeypatch):
@@ -172,7 +198,7 @@ def test_prepare_is_the_scorers_scores_and_the_direction_follows_it(tiny_dataset
 @pytest.mark.parametrize("overrides,field", [
     ({"score": "random"}, "score"), ({"score": "nope"}, "score"), ({"score_options": "[1, 2]"}, "score_options"),
     ({"score_options": '{"nope": 1}'}, "score_options"), ({"score_options": '{"models": "many"}'}, "score_options"),
-    ({"beta": "0.3x"}, "beta"), ({"beta": "1"}, "beta"), ({"beta": "-0.1"}, "beta"), ({"strata": 0}, "strata"),
+    ({"beta": "0.3x"}, "beta"), ({"beta": "automatic"}, "beta"), ({"beta": "1"}, "beta"), ({"beta": "-0.1"}, "beta"), ({"strata": 0}, "strata"),
     ({"beta_table": "0.9"}, "beta_table"), ({"beta_table": "0.9:1.5"}, "beta_table"),
     ({"search_grid": "a,b"}, "search_grid"), ({"val_fraction": 1.0}, "val_fraction"),
     ({"search_protocol": "slow"}, "search_protocol"),
