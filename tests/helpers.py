@@ -92,3 +92,16 @@ def straight_and_resumed(cls, config, ds, ipc: int, make_ctx, checkpoint_dir, ha
     resumed = cls(config).condense(ds, ipc, make_ctx(checkpoint_dir=checkpoint_dir, checkpoint_every=half,
                                                         resume=True))
     return straight, resumed
+
+
+def refused_before_anything_runs(argv: list[str], tmp_path, monkeypatch, capsys) -> str:
+    """Run the command line in an empty ``tmp_path``; assert exit 2, one line on stderr and nothing written.
+    Returns that line."""
+    from smallset.flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+    return err

@@ -211,13 +211,11 @@ def test_bad_options_are_refused_with_one_sentence(overrides, field):
 
 
 def test_bad_options_are_refused_before_any_run_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from smallset.flows.cli import main
+    from helpers import refused_before_anything_runs
 
-    monkeypatch.chdir(tmp_path)
-    assert main(["prune", "--method", "ccs", "--score", "random", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "--score" in err and "forgetting" in err and err.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
+    err = refused_before_anything_runs(["prune", "--method", "ccs", "--score", "random", "--no-progress"],
+                                       tmp_path, monkeypatch, capsys)
+    assert "--score" in err and "forgetting" in err
 
 
 @pytest.mark.server

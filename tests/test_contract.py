@@ -14,7 +14,7 @@ from smallset.errors import SmallsetError
 from smallset.method import Method, Reduction
 from smallset.prune._training import TrainingSchedule
 from smallset.tasks.methods import all_methods, method_class
-from helpers import straight_and_resumed
+from helpers import refused_before_anything_runs, straight_and_resumed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,10 +127,6 @@ def test_the_training_time_methods_share_the_schedule():
 
 
 def test_a_bad_value_is_refused_on_the_command_line_before_anything_runs(tmp_path, monkeypatch, capsys):
-    from smallset.flows.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["prune", "--method", "infobatch", "--lr", "-1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "lr" in err and "negative" in err and err.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
+    err = refused_before_anything_runs(["prune", "--method", "infobatch", "--lr", "-1", "--no-progress"],
+                                       tmp_path, monkeypatch, capsys)
+    assert "lr" in err and "negative" in err
