@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from smallset.context import RunContext
 from smallset.data import ImageDataset
+from smallset.augment import parse_strategy
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.distill.base import Condenser, init_synthetic
@@ -101,14 +102,24 @@ def check_positive(cfg, names: Sequence[str], allow_zero: Sequence[str] = ()) ->
             raise SmallsetError(f"{name} must be {bound}; got {v}.", option=name)
 
 
+def check_init_and_strategy(cfg) -> None:
+    """The options every condenser shares: ``init`` and, where the config has one, a well-formed
+    ``dsa_strategy`` (checked even when DSA is off, so a typo is never silently ignored)."""
+    if cfg.init not in ("real", "noise"):
+        raise SmallsetError(f"init must be real or noise; got {cfg.init!r}.", option="init")
+    if getattr(cfg, "dsa_strategy", ""):
+        try:
+            parse_strategy(cfg.dsa_strategy)
+        except SmallsetError as e:
+            raise SmallsetError(f"dsa_strategy: {str(e)[:1].lower()}{str(e)[1:]}", option="dsa_strategy") from None
+
+
 def setup_matching_state(cond: Condenser, ds: ImageDataset, ipc: int, ctx: RunContext, **more_generators: int) -> None:
     """The run state DC, DSA and CAFE share, set on ``cond``: context, device, shapes, named generators
     (``init``, ``real``, ``shuffle``, ``aug``, ``net``, plus ``more_generators`` name → offset), the synthetic
     images initialised by ``cond.config.init`` with their SGD optimiser (``lr_img``, ``momentum_img``) and
     the per-class real-image sampler."""
     cfg = cond.config
-    if cfg.init not in ("real", "noise"):
-        raise SmallsetError(f"init must be real or noise; got {cfg.init!r}.", option="init")
     cond.ctx, cond.ipc = ctx, ipc
     cond.device = torch.device(ctx.device)
     cond.num_classes = ds.num_classes

@@ -142,6 +142,7 @@ class Condenser(Method):
         import time
 
         ipc = check_ipc(ipc, ds)
+        self.check_config(self.config)  # make_config checked it already; a config built by hand is checked here
         try:
             self.setup(ds, ipc, ctx)
         except ValueError as e:  # e.g. torch.optim's "Invalid momentum value: -1.0"

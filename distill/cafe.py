@@ -20,7 +20,8 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.distill.base import Condenser, Synthetic, register_condenser
-from smallset.distill._matching import check_positive, new_network, setup_matching_state, train_on_synthetic
+from smallset.distill._matching import (check_init_and_strategy, check_positive, new_network, setup_matching_state,
+                                        train_on_synthetic)
 from smallset.distill._streaming import chunk_for
 
 REAL_CHUNK = 1024  # real images per no-grad forward (memory bound; on the CPU: _streaming.CPU_CHUNK)
@@ -158,12 +159,15 @@ class CAFECondenser(Condenser):
             return super().paper_recipe(dataset_key, channels, info)
         return self.dc_paper_recipe(dataset_key)
 
-    def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
-        cfg = self.config
+    @classmethod
+    def check_config(cls, config: CAFEConfig) -> None:
+        """Ranges of the options alone; the layer count against the model is checked in :meth:`setup`."""
+        cfg = config
         check_positive(cfg, ["iterations", "lr_img", "lr_net", "batch_real", "batch_train", "probe_per_class",
                              "max_outer_steps", "max_inner_epochs"])
         check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],
                        allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
+        check_init_and_strategy(cfg)
         if cfg.watch_window < 2:
             raise SmallsetError(f"watch_window must be at least 2; got {cfg.watch_window}.", option="watch_window")
         for cap in ("max_outer_steps", "max_inner_epochs"):
@@ -172,14 +176,15 @@ class CAFECondenser(Condenser):
                     f"{cap} ({getattr(cfg, cap)}) is below watch_window ({cfg.watch_window}): CAFE's dynamic stop "
                     f"rule could never fire and every loop would run a fixed {getattr(cfg, cap)} steps; raise "
                     f"{cap} to at least watch_window, or lower watch_window.", option=cap)
-        halving = parse_floats(cfg.lr_halving, "lr_halving")
-        if any(not (0.0 < f <= 1.0) for f in halving):
+        if any(not (0.0 < f <= 1.0) for f in parse_floats(cfg.lr_halving, "lr_halving")):
             raise SmallsetError(f"lr_halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.", option="lr_halving")
-        self.milestones = [int(round(f * cfg.iterations)) for f in halving]
-        self.layer_weights = parse_floats(cfg.layer_weights, "layer_weights")
-        if any(w < 0 for w in self.layer_weights):
+        if any(w < 0 for w in parse_floats(cfg.layer_weights, "layer_weights")):
             raise SmallsetError("layer_weights must not be negative.", option="layer_weights")
 
+    def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
+        cfg = self.config
+        self.milestones = [int(round(f * cfg.iterations)) for f in parse_floats(cfg.lr_halving, "lr_halving")]
+        self.layer_weights = parse_floats(cfg.layer_weights, "layer_weights")
         setup_matching_state(self, ds, ipc, ctx, probe=5)
         self.augment = None
         if cfg.dsa:

@@ -20,8 +20,8 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.distill._matching import (RealSampler, check_positive, freeze_batchnorm, new_network,  # noqa: F401
-                                        setup_matching_state, train_on_synthetic)
+from smallset.distill._matching import (RealSampler, check_init_and_strategy, check_positive,  # noqa: F401
+                                        freeze_batchnorm, new_network, setup_matching_state, train_on_synthetic)
 from smallset.distill.base import Condenser, Synthetic, register_condenser
 from smallset.distill._memory import breakdown
 from smallset.distill._streaming import chunk_for, real_gradient
@@ -133,11 +133,14 @@ class DCCondenser(Condenser):
         return self.dc_paper_recipe(dataset_key)
 
     # -- hooks -------------------------------------------------------------------------------------
-    def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
-        cfg = self.config
-        check_positive(cfg, ["iterations", "outer_loop", "lr_img", "lr_net", "batch_real", "batch_train"])
-        check_positive(cfg, ["inner_loop", "momentum_img", "momentum_net"],
+    @classmethod
+    def check_config(cls, config: DCConfig) -> None:
+        check_positive(config, ["iterations", "outer_loop", "lr_img", "lr_net", "batch_real", "batch_train"])
+        check_positive(config, ["inner_loop", "momentum_img", "momentum_net"],
                        allow_zero=["inner_loop", "momentum_img", "momentum_net"])
+        check_init_and_strategy(config)
+
+    def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         setup_matching_state(self, ds, ipc, ctx)
         self.augment = self.make_augment(ds) if self.siamese else None
         self._new_net()  # fail early on a bad model name or options

@@ -17,8 +17,9 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.augment import DSA, default_strategy, parse_strategy
+from smallset.augment import DSA, default_strategy
 from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.distill._matching import check_init_and_strategy
 from smallset.distill._memory import breakdown
 from smallset.distill._streaming import PixelRows, chunk_for, chunks, embed_chunks, keep_freed_memory
 
@@ -63,16 +64,18 @@ class DMCondenser(Condenser):
     def extra_memory_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
         return sum(self.memory_breakdown(ds, int(budget), ctx).values())
 
+    @classmethod
+    def check_config(cls, config: DMConfig) -> None:
+        if config.iterations < 1:
+            raise SmallsetError("DM needs iterations of at least 1.", option="iterations")
+        if config.batch_real < 1:
+            raise SmallsetError("DM needs batch_real of at least 1.", option="batch_real")
+        if config.lr_img <= 0:
+            raise SmallsetError("DM needs a positive lr_img.", option="lr_img")
+        check_init_and_strategy(config)
+
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
-        if cfg.iterations < 1:
-            raise SmallsetError("DM needs iterations of at least 1.", option="iterations")
-        if cfg.batch_real < 1:
-            raise SmallsetError("DM needs batch_real of at least 1.", option="batch_real")
-        if cfg.lr_img <= 0:
-            raise SmallsetError("DM needs a positive lr_img.", option="lr_img")
-        if cfg.init not in ("real", "noise"):
-            raise SmallsetError(f"Unknown init {cfg.init!r}; use real or noise.")
         self.ctx, self.ipc = ctx, ipc
         self.device = torch.device(ctx.device)
         self.num_classes, self.channels, self.size = ds.num_classes, ds.channels, ds.image_size
@@ -84,8 +87,6 @@ class DMCondenser(Condenser):
         }
         self.strategy = (cfg.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name)) if cfg.dsa else "none"
         self.dsa = DSA(self.strategy) if cfg.dsa else None
-        if self.dsa is None and cfg.dsa_strategy:
-            parse_strategy(cfg.dsa_strategy)  # still reject a malformed strategy
 
         # The whole training set on the device once (pixel scale, normalised per batch: no second copy),
         # with a padded class → example index table (docs/methods/dc.md#condensation-data).

@@ -19,13 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from smallset.augment import DSA, default_strategy, parse_strategy
+from smallset.augment import DSA, default_strategy
 from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
 from smallset.distill._experts import ExpertBuffer, ExpertRecipe, buffer_dir, ensure_experts, param_shapes
+from smallset.distill._matching import check_init_and_strategy
 from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
 
 # The paper's CIFAR-10 rows (docs/methods/mtt.md#mtt-hyperparameters): ipc → (syn_steps N, expert_epochs M,
@@ -180,19 +181,14 @@ class MTTCondenser(Condenser):
         strategy = self._strategy(ds) if c.expert_dsa else "none"
         return ExpertRecipe(epochs=c.train_epochs, lr=c.expert_lr, batch_size=c.expert_batch, dsa_strategy=strategy)
 
-    def _check_recipe(self) -> None:
-        c = self.config
+    @classmethod
+    def check_config(cls, config: MTTConfig) -> None:
+        c = config
         for name in ("num_experts", "train_epochs", "expert_batch"):
             if getattr(c, name) < 1:
                 raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
         if not c.expert_lr > 0:
             raise SmallsetError(f"expert_lr must be positive; got {c.expert_lr}.", option="expert_lr")
-        if c.dsa_strategy:
-            parse_strategy(c.dsa_strategy)
-
-    def _check(self) -> None:
-        self._check_recipe()
-        c = self.config
         for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
             if getattr(c, name) < 1:
                 raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
@@ -205,8 +201,7 @@ class MTTCondenser(Condenser):
         if c.lr_lr < 0 or not 0 <= c.momentum < 1:
             bad = "lr_lr" if c.lr_lr < 0 else "momentum"
             raise SmallsetError(f"{bad} must be at least 0 (momentum below 1); got {getattr(c, bad)}.", option=bad)
-        if c.init not in ("real", "noise"):
-            raise SmallsetError(f"init must be real or noise; got {c.init!r}.", option="init")
+        check_init_and_strategy(c)
         lowest_bound = min(c.max_start_epoch, c.initial_max_start_epoch or c.max_start_epoch)
         if c.min_start_epoch >= lowest_bound:
             raise SmallsetError(f"min_start_epoch must lie below max_start_epoch (and initial_max_start_epoch when "
@@ -220,7 +215,7 @@ class MTTCondenser(Condenser):
     # --- the cached phase: expert trajectories ------------------------------------------------------
     def prepare(self, ds: ImageDataset, ctx: RunContext) -> ExpertBuffer:
         """Train (or find in the cache) ``num_experts`` expert trajectories; returns their handle."""
-        self._check_recipe()
+        self.check_config(self.config)
         return ensure_experts(ds, ctx, self._recipe(ds), self.config.num_experts, what=f"{self.name} experts")
 
     def use_experts(self, buffer: ExpertBuffer | None) -> None:
@@ -273,7 +268,6 @@ class MTTCondenser(Condenser):
 
     # --- the condenser hooks ----------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
-        self._check()
         cfg = self.config
         self.ctx, self.ipc = ctx, ipc
         self.device = torch.device(ctx.device)

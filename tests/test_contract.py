@@ -126,7 +126,36 @@ def test_the_training_time_methods_share_the_schedule():
     assert {"crest", "infobatch", "random_steps"} <= set(TRAINING_TIME)
 
 
+CONDENSERS = [n for n in all_methods() if method_class(n).kind == "distill"]
+CONDENSER_REFUSALS = [("iterations", 0), ("lr_img", -0.1), ("lr_img", 0.0), ("init", "zeros"),
+                      ("dsa_strategy", "colour_crop")]
+
+
+@pytest.mark.parametrize("name,field,value", [
+    (name, field, value) for name in CONDENSERS for field, value in CONDENSER_REFUSALS
+    if field in {f.name for f in dataclasses.fields(method_class(name).config_cls)}])
+def test_condensers_refuse_a_bad_value_when_the_config_is_made_and_when_built_by_hand(name, field, value, ds):
+    """make_config refuses before any flow starts; a config built by hand is refused by condense before
+    any work (the same check_config)."""
+    cls = method_class(name)
+    with pytest.raises(SmallsetError) as err:
+        cls.make_config({**cls.smoke, field: value}, BUDGET["distill"])
+    assert err.value.option == field
+    assert str(err.value).endswith(".") and "\n" not in str(err.value)
+    good = cls.make_config(cls.smoke, BUDGET["distill"])
+    with pytest.raises(SmallsetError) as err:
+        cls(dataclasses.replace(good, **{field: value})).condense(ds, BUDGET["distill"], ctx())
+    assert err.value.option == field
+
+
 def test_a_bad_value_is_refused_on_the_command_line_before_anything_runs(tmp_path, monkeypatch, capsys):
     err = refused_before_anything_runs(["prune", "--method", "infobatch", "--lr", "-1", "--no-progress"],
                                        tmp_path, monkeypatch, capsys)
     assert "lr" in err and "negative" in err
+
+
+@pytest.mark.parametrize("argv,flag", [(["distill", "--method", "dm", "--lr-img", "-1"], "--lr-img"),
+                                       (["distill", "--method", "mtt", "--dsa-strategy", "colour"], "--dsa-strategy")])
+def test_a_bad_condenser_value_is_refused_on_the_command_line_before_anything_runs(argv, flag, tmp_path,
+                                                                                    monkeypatch, capsys):
+    assert flag in refused_before_anything_runs(argv + ["--no-progress"], tmp_path, monkeypatch, capsys)
