@@ -193,7 +193,13 @@ def main(argv=None):
           f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
           f"augment={args.augment}", flush=True)
     print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
+    if args.infobatch_kept and not Path(args.infobatch_kept).is_file():
+        ap.error(f"--infobatch-kept {args.infobatch_kept}: no such file; give the --json file of an earlier run")
     earlier = earlier_kept(args.infobatch_kept, recipe, args) if args.infobatch_kept else {}
+    missing = [f"{name} seed {seed}" for name, seed in plan if (name, seed) not in earlier]
+    if args.infobatch_kept and "random-ib" in arms and missing:  # refused before any dataset loads
+        ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {', '.join(missing)} with this "
+                 f"recipe, r and δ")
     rows, sources = [], {}
     for name, seed in plan:
         if name not in sources:
@@ -207,9 +213,6 @@ def main(argv=None):
         runs = [(a, None) for a in ("full", "infobatch", "random-ib") if a in arms]
         runs += [(a, f) for f in fractions for a in ("random", "random-2x", "crest", "infobatch-f") if a in arms]
         ib_kept = earlier.get((name, seed))
-        if args.infobatch_kept and ib_kept is None and "random-ib" in arms:
-            ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {name} seed {seed} with this "
-                     f"recipe, r and δ")
         for arm, f in runs:
             if arm == "full":
                 res = train_baseline(ds, test, recipe, args, seed, device, [n] * args.epochs)
