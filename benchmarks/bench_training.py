@@ -188,11 +188,6 @@ def main(argv=None):
                   lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma)
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
-    began = time.perf_counter()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
-          f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
-          f"augment={args.augment}", flush=True)
-    print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
     if args.infobatch_kept and not Path(args.infobatch_kept).is_file():
         ap.error(f"--infobatch-kept {args.infobatch_kept}: no such file; give the --json file of an earlier run")
     earlier = earlier_kept(args.infobatch_kept, recipe, args) if args.infobatch_kept else {}
@@ -200,6 +195,11 @@ def main(argv=None):
     if args.infobatch_kept and "random-ib" in arms and missing:  # refused before any dataset loads
         ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {', '.join(missing)} with this "
                  f"recipe, r and δ")
+    began = time.perf_counter()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
+          f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
+          f"augment={args.augment}", flush=True)
+    print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
     rows, sources = [], {}
     for name, seed in plan:
         if name not in sources:
