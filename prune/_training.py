@@ -7,6 +7,8 @@ docs/methods/infobatch.md#infobatch-recipe.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,6 +94,21 @@ class TrainingSchedule:
     lr_gamma: float = option(0.1, "LR decay factor at each milestone")
     augment: Literal["none", "auto", "crop_flip", "crop"] = option(
         "none", "training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images)")
+
+
+# The one schedule `smallset demo` gives every training-time method, so they and their random_steps baseline
+# are compared on the same schedule (at the demo's 2 %: InfoBatch 3 epochs, one pruned; CREST and random_steps
+# 150 epochs of one mini-batch each).
+DEMO_SCHEDULE = {"epochs": 150, "warmup_epochs": 0, "lr_milestones": ""}
+
+
+def schedule_key(params: dict) -> str | None:
+    """The :class:`TrainingSchedule` fields of a method's params as one canonical string (None when the method
+    has no such schedule): a training-time method is compared only with a baseline of the same key."""
+    names = [f.name for f in dataclasses.fields(TrainingSchedule)]
+    if not all(n in params for n in names):
+        return None
+    return json.dumps({n: params[n] for n in names}, sort_keys=True)
 
 
 def validate_schedule(c: TrainingSchedule) -> None:

@@ -25,8 +25,8 @@ from smallset.models import seeded_model
 from smallset.train import accuracy
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.prune.submodular import euclidean_similarity, facility_location_greedy
-from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
-                                      parse_epochs, validate_schedule, warmup_multistep_lr)
+from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
+                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
 
 EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 
@@ -483,7 +483,7 @@ class CrestSelector(Selector):
 
     config_cls = CrestConfig
     trains_model = True
-    demo = {"epochs": 10, "warmup_epochs": 1}
+    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": "", "random_subset_size": 0.3,
              "num_minibatch_coreset": 2, "drop_learned": False}
     higher_is_keep = None

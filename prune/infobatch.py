@@ -26,8 +26,8 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
-                                      parse_epochs, validate_schedule, warmup_multistep_lr)
+from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
+                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 from smallset.train import accuracy
 
@@ -250,7 +250,7 @@ class InfoBatchSelector(Selector):
 
     config_cls = InfoBatchConfig
     trains_model = True
-    demo = {"epochs": 150, "warmup_epochs": 0, "lr_milestones": ""}  # at the demo's 2 %: 3 epochs, 1 pruned
+    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 8, "batch_size": 8, "warmup_epochs": 0, "lr_milestones": "", "delta": 0.75,
              "augment": "crop_flip"}
     higher_is_keep = None

@@ -21,8 +21,8 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.prune._training import (TrainingSchedule, accuracy_on_test_split, augment_flags, crop_flip,
-                                      parse_epochs, validate_schedule, warmup_multistep_lr)
+from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
+                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
 from smallset.prune.base import Selection, Selector, check_fraction, register_selector
 
 
@@ -38,7 +38,7 @@ class RandomStepsSelector(Selector):
     config_cls = RandomStepsConfig
     uses_model = True
     trains_model = True
-    demo = {"epochs": 10, "warmup_epochs": 1}
+    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": ""}
 
     @classmethod

@@ -10,6 +10,7 @@ import torch
 
 from smallset import store, tracking
 from smallset.data import Source
+from smallset.prune._training import schedule_key
 from smallset.tasks.spec import Cell
 from smallset.tasks.steps import Reduced, evaluate_reduced, preflight
 from smallset.train import EvalResult
@@ -57,6 +58,7 @@ def write_and_log(
         "eval_recipe": cell.options.eval_recipe,
         "method_steps": red.info.get("steps"),  # SGD steps a training-time method (CREST) spent itself
         "method_test_accuracy": red.info.get("test_accuracy"),  # and the accuracy of the model it trained
+        "method_schedule": schedule_key(red.params),  # its training schedule: gains only against the same one
         "output": str(path),
         "sha256": digest,
     }
@@ -95,13 +97,13 @@ def log_gains(rows: list[dict]) -> None:
     random = {(r["n_examples"], r["seed"]): r["test_accuracy"] for r in rows
               if r["method"] == "random" and r.get("test_accuracy") is not None}
     # training-time methods: their own model against random subsets at the same step budget and schedule
-    random_steps = {(r["budget"], r["seed"]): r["method_test_accuracy"] for r in rows
+    random_steps = {(r["budget"], r["seed"], r.get("method_schedule")): r["method_test_accuracy"] for r in rows
                     if r["method"] == "random_steps" and r.get("method_test_accuracy") is not None}
     for r in rows:
         if r["method"] in ("random", "random_steps", "full"):
             continue
         if r.get("method_test_accuracy") is not None:
-            own, base = r["method_test_accuracy"], random_steps.get((r["budget"], r["seed"]))
+            own, base = r["method_test_accuracy"], random_steps.get((r["budget"], r["seed"], r.get("method_schedule")))
         else:
             own, base = r.get("test_accuracy"), random.get((r["n_examples"], r["seed"]))
         if own is not None and base is not None:

@@ -67,10 +67,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         trained = r.get("method_test_accuracy") is not None  # a training-time method: judged by its own model
-        groups.setdefault((r["method"], r["kind"], r["budget"], None if trained else r["n_examples"]), []).append(r)
+        # a training-time method's group is its schedule (rows of several schedules stay apart), else its images
+        size_or_schedule = ("schedule", r.get("method_schedule")) if trained else r["n_examples"]
+        groups.setdefault((r["method"], r["kind"], r["budget"], size_or_schedule), []).append(r)
     out = []
-    for (method, kind, budget, n), members in groups.items():
-        trained = n is None
+    for (method, kind, budget, size_or_schedule), members in groups.items():
+        trained = isinstance(size_or_schedule, tuple)
+        n = None if trained else size_or_schedule
         accs = [a for r in members for a in _accuracies(r)]
         mean, std = _mean_std(accs)
         row = {"method": method, "kind": kind, "budget": budget,
@@ -81,7 +84,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                "seeds": len({r["seed"] for r in members}), "runs": len(accs), "accuracy": mean,
                "accuracy_std": std if len(accs) >= MIN_RUNS_FOR_SPREAD else None, "gain": None, "gain_se": None}
         if trained:  # against random subsets at the same step budget and schedule
-            baseline = groups.get(("random_steps", "prune", budget, None)) if method != "random_steps" else None
+            baseline = groups.get(("random_steps", "prune", budget, size_or_schedule)) if method != "random_steps" else None
         else:  # against random subsets of the same number of images, retrained with the same recipe
             baseline = groups.get(("random", "prune", _random_budget(groups, n), n)) if method != "random" else None
         if baseline and mean is not None and kind != "full":

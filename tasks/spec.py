@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smallset.errors import SmallsetError
+from smallset.errors import SmallsetError, SmallsetWarning
 from smallset.options import RunOptions
 from smallset.tasks.methods import method_class
 
@@ -241,8 +241,23 @@ def with_training_baseline(methods: list[str], params: dict[str, dict]) -> tuple
     import dataclasses
 
     trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
-    if not trainers or TRAINING_BASELINE in methods:
+    if not trainers:
         return methods, params
     shared = {f.name for f in dataclasses.fields(method_class(TRAINING_BASELINE).config_cls)}
-    options = {k: v for k, v in params.get(trainers[0], {}).items() if k in shared}
-    return [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
+
+    def schedule(m: str) -> dict:
+        return {k: v for k, v in params.get(m, {}).items() if k in shared}
+
+    if TRAINING_BASELINE not in methods:
+        methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: schedule(trainers[0])}
+    apart = [m for m in trainers if schedule(m) != schedule(TRAINING_BASELINE)]
+    if apart:
+        import warnings
+
+        base = ", ".join(f"{k}={v}" for k, v in sorted(schedule(TRAINING_BASELINE).items())) or "its defaults"
+        warnings.warn(SmallsetWarning(
+            f"{', '.join(apart)} {'trains' if len(apart) == 1 else 'train'} on another schedule than "
+            f"{TRAINING_BASELINE} ({base}), so no gain over random is "
+            f"computed for {'it' if len(apart) == 1 else 'them'}; give every training-time method the same "
+            f"schedule options to compare them."), stacklevel=2)
+    return methods, params

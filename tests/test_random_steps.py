@@ -1,4 +1,5 @@
 """random_steps: CREST's step budget and schedule on fresh random subsets, and compare's use of it."""
+import pytest
 import torch
 
 from smallset.context import RunContext
@@ -59,3 +60,26 @@ def test_summary_judges_training_methods_by_their_own_model_against_random_steps
     s = {r["method"]: r for r in summarize(rows)}
     assert s["crest"]["accuracy"] == 0.61 and abs(s["crest"]["gain"] - 0.05) < 1e-12
     assert s["crest"]["judged_by"] == "its own training" and s["crest"]["steps"] == 90
+
+
+def test_a_trainer_on_another_schedule_than_the_baseline_is_warned_about():
+    from smallset.errors import SmallsetWarning
+
+    with pytest.warns(SmallsetWarning, match="infobatch trains on another schedule than random_steps \\(epochs=7\\)"):
+        methods, params = with_training_baseline(["crest", "infobatch"], {"crest": {"epochs": 7},
+                                                                           "infobatch": {"epochs": 150}})
+    assert params["random_steps"] == {"epochs": 7}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same schedule everywhere: no warning
+        with_training_baseline(["crest", "infobatch"], {"crest": {"epochs": 7}, "infobatch": {"epochs": 7, "delta": 0.5}})
+
+
+def test_the_demo_gives_every_training_time_method_the_same_schedule():
+    from smallset.prune._training import TrainingSchedule
+    from smallset.tasks.methods import all_methods, method_class
+
+    trainers = [n for n in all_methods() if issubclass(method_class(n).config_cls, TrainingSchedule)]
+    assert {"crest", "infobatch", "random_steps"} <= set(trainers)
+    assert len({repr(sorted(method_class(n).demo.items())) for n in trainers}) == 1

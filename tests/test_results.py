@@ -38,3 +38,33 @@ def test_gain_over_random_by_hand():
     assert rand["gain"] is None and summary[("random", 20)]["gain"] is None
     text = format_summary(list(summary.values()))
     assert "+6.00" in text and "+18.00" in text
+
+
+def trained_row(method, seed, acc, schedule, budget="fraction=0.1"):
+    return {"method": method, "kind": "prune", "budget": budget, "n_examples": 50, "seed": seed,
+            "method_test_accuracy": acc, "method_steps": 10, "method_schedule": schedule, "test_accuracy": None}
+
+
+def test_a_training_time_method_is_judged_only_against_random_steps_on_its_own_schedule():
+    """InfoBatch at 150 epochs against random subsets at 10 epochs is no comparison: no gain, not a wrong one."""
+    rows = [trained_row("random_steps", 0, 0.60, "A"), trained_row("crest", 0, 0.65, "A"),
+            trained_row("infobatch", 0, 0.90, "B")]
+    summary = {s["method"]: s for s in summarize(rows)}
+    assert summary["crest"]["gain"] == pytest.approx(0.05)
+    assert summary["infobatch"]["gain"] is None
+    rows.append(trained_row("random_steps", 0, 0.80, "B"))  # the baseline on B's schedule: now it is judged
+    summary = {(s["method"], s["accuracy"]): s for s in summarize(rows)}
+    assert summary[("infobatch", 0.90)]["gain"] == pytest.approx(0.10)
+    assert summary[("crest", 0.65)]["gain"] == pytest.approx(0.05)
+
+
+def test_logged_gains_pair_the_same_schedule(monkeypatch):
+    from smallset.tasks import record
+
+    logged = {}
+    monkeypatch.setattr(record.tracking, "log_metrics", lambda run_id, m: logged.__setitem__(run_id, m))
+    rows = [dict(trained_row("random_steps", 0, 0.60, "A"), run_id="r"),
+            dict(trained_row("crest", 0, 0.65, "A"), run_id="c"), dict(trained_row("infobatch", 0, 0.90, "B"), run_id="i")]
+    record.log_gains(rows)
+    assert logged == {"c": {"gain_over_random": pytest.approx(0.05)}}
+    assert "gain_over_random" not in rows[2]
