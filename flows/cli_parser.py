@@ -187,7 +187,16 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
     c.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown comparison report")
     add_run_options(c, exclude=("seed",), defaults=compare_defaults)
 
-    d = sub.add_parser("demo", help="compare every method on builtin:mnist-mini in a few minutes")
+    d = sub.add_parser(
+        "demo", help="compare every method on builtin:mnist-mini in a few minutes",
+        description="Runs every registered method (selectors at 2 %, the fraction matching 10 images per class; "
+                    "condensers at 10 images per class) on builtin:mnist-mini (500 training and 100 test images per "
+                    "class of MNIST, shipped with the package) with model convnet-s, each method's small demo "
+                    "settings and one evaluation run under the demo protocol, plus the full-data reference, "
+                    "through the same Prefect flow and MLflow logging as `smallset compare`. Prints both comparison "
+                    "tables and writes the Parquet files, results.csv and report.html in a new compare-DATE-TIME folder under "
+                    "--output-dir. About 8 "
+                    "minutes on a 2-core CPU (BENCHMARKS.md, \"smallset demo\").")
     d.add_argument("--output-dir", default="smallset-out", help="where the Parquet files and the report go")
     d.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     add_runner_options(d)
