@@ -124,7 +124,7 @@ def check_compare(methods, params: dict, options) -> None:
     knows (no torch: fast refusals), then the full checks."""
     from smallset.tasks import catalog
     from smallset.tasks.methods import method_class
-    from smallset.tasks.spec import check_options, check_source, precheck_options
+    from smallset.tasks.spec import check_options, check_source, precheck_options, schedules_apart
 
     for m in methods:
         catalog.method_info(m)
@@ -139,6 +139,13 @@ def check_compare(methods, params: dict, options) -> None:
     for m, opts in params.items():
         method_class(m).make_config(opts)
     check_options(options)
+    apart = schedules_apart(list(methods), params)
+    if apart:
+        import warnings
+
+        from smallset.errors import SmallsetWarning
+
+        warnings.warn(SmallsetWarning(apart), stacklevel=2)
 
 
 def cmd_compare(args) -> int:

@@ -103,7 +103,8 @@ def log_gains(rows: list[dict]) -> None:
         if r["method"] in ("random", "random_steps", "full"):
             continue
         if r.get("method_test_accuracy") is not None:
-            own, base = r["method_test_accuracy"], random_steps.get((r["budget"], r["seed"], r.get("method_schedule")))
+            own = r["method_test_accuracy"]
+            base = random_steps.get((r["budget"], r["seed"], r.get("method_schedule")))
         else:
             own, base = r.get("test_accuracy"), random.get((r["n_examples"], r["seed"]))
         if own is not None and base is not None:

@@ -84,7 +84,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                "seeds": len({r["seed"] for r in members}), "runs": len(accs), "accuracy": mean,
                "accuracy_std": std if len(accs) >= MIN_RUNS_FOR_SPREAD else None, "gain": None, "gain_se": None}
         if trained:  # against random subsets at the same step budget and schedule
-            baseline = groups.get(("random_steps", "prune", budget, size_or_schedule)) if method != "random_steps" else None
+            baseline = (groups.get(("random_steps", "prune", budget, size_or_schedule))
+                        if method != "random_steps" else None)
         else:  # against random subsets of the same number of images, retrained with the same recipe
             baseline = groups.get(("random", "prune", _random_budget(groups, n), n)) if method != "random" else None
         if baseline and mean is not None and kind != "full":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smallset.errors import SmallsetError, SmallsetWarning
+from smallset.errors import SmallsetError
 from smallset.options import RunOptions
 from smallset.tasks.methods import method_class
 
@@ -234,30 +234,43 @@ def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], opti
 TRAINING_BASELINE = "random_steps"
 
 
+def schedule_fields() -> list[str]:
+    import dataclasses
+
+    return sorted(f.name for f in dataclasses.fields(method_class(TRAINING_BASELINE).config_cls))
+
+
+def schedules_apart(methods: list[str], params: dict[str, dict]) -> str | None:
+    """The warning a compare gets when a training-time method will not train on its baseline's schedule (it
+    then gets no gain over random, tasks/results.py), or None. Compared by the values each trains with."""
+    methods, params = with_training_baseline(methods, params)
+    trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
+
+    def schedule(m: str) -> dict:  # defaults and coerced overrides
+        config = method_class(m).make_config({k: v for k, v in params.get(m, {}).items() if k in schedule_fields()})
+        return {k: getattr(config, k) for k in schedule_fields()}
+
+    base = schedule(TRAINING_BASELINE) if trainers else {}
+    apart = {m: [k for k, v in schedule(m).items() if v != base[k]] for m in trainers}
+    apart = {m: keys for m, keys in apart.items() if keys}
+    if not apart:
+        return None
+    m, keys = next(iter(apart.items()))
+    differs = ", ".join(f"{k} {schedule(m)[k]!r} vs {base[k]!r}" for k in keys)
+    return (f"{', '.join(apart)} {'trains' if len(apart) == 1 else 'train'} on another schedule than "
+            f"{TRAINING_BASELINE} ({m}: {differs}), so no gain over random is computed for "
+            f"{'it' if len(apart) == 1 else 'them'}; give every training-time method the same schedule options to "
+            f"compare them.")
+
+
 def with_training_baseline(methods: list[str], params: dict[str, dict]) -> tuple[list[str], dict[str, dict]]:
     """A training-time method (CREST, InfoBatch) is judged against random subsets at its own step budget and
     schedule, not against a set retrained with the evaluation recipe: when one is compared, ``random_steps``
     joins with the schedule options the first such method was given (the fields both configs share)."""
-    import dataclasses
-
     trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
     if not trainers:
         return methods, params
-    shared = {f.name for f in dataclasses.fields(method_class(TRAINING_BASELINE).config_cls)}
-
-    def schedule(m: str) -> dict:
-        return {k: v for k, v in params.get(m, {}).items() if k in shared}
-
     if TRAINING_BASELINE not in methods:
-        methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: schedule(trainers[0])}
-    apart = [m for m in trainers if schedule(m) != schedule(TRAINING_BASELINE)]
-    if apart:
-        import warnings
-
-        base = ", ".join(f"{k}={v}" for k, v in sorted(schedule(TRAINING_BASELINE).items())) or "its defaults"
-        warnings.warn(SmallsetWarning(
-            f"{', '.join(apart)} {'trains' if len(apart) == 1 else 'train'} on another schedule than "
-            f"{TRAINING_BASELINE} ({base}), so no gain over random is "
-            f"computed for {'it' if len(apart) == 1 else 'them'}; give every training-time method the same "
-            f"schedule options to compare them."), stacklevel=2)
+        options = {k: v for k, v in params.get(trainers[0], {}).items() if k in schedule_fields()}
+        methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
     return methods, params

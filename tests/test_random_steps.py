@@ -62,18 +62,32 @@ def test_summary_judges_training_methods_by_their_own_model_against_random_steps
     assert s["crest"]["judged_by"] == "its own training" and s["crest"]["steps"] == 90
 
 
-def test_a_trainer_on_another_schedule_than_the_baseline_is_warned_about():
-    from smallset.errors import SmallsetWarning
+def test_a_trainer_on_another_schedule_than_the_baseline_is_named_before_the_compare_starts():
+    from smallset.tasks.spec import schedules_apart
 
-    with pytest.warns(SmallsetWarning, match="infobatch trains on another schedule than random_steps \\(epochs=7\\)"):
-        methods, params = with_training_baseline(["crest", "infobatch"], {"crest": {"epochs": 7},
-                                                                           "infobatch": {"epochs": 150}})
-    assert params["random_steps"] == {"epochs": 7}
-    import warnings
+    assert schedules_apart(["crest", "infobatch"], {"crest": {"epochs": 7}, "infobatch": {"epochs": 150}}) == (
+        "infobatch trains on another schedule than random_steps (infobatch: epochs 150 vs 7), so no gain over "
+        "random is computed for it; give every training-time method the same schedule options to compare them.")
+    same = {"crest": {"epochs": 7}, "infobatch": {"epochs": 7, "delta": 0.5}}  # delta is not a schedule field
+    assert schedules_apart(["crest", "infobatch"], same) is None
+    # compared by the values they train with: a default given explicitly, or as text, is the same schedule
+    assert schedules_apart(["crest", "random_steps"], {"random_steps": {"epochs": 200}}) is None
+    assert schedules_apart(["crest", "infobatch"], {"crest": {"epochs": "7"}, "infobatch": {"epochs": 7}}) is None
+    assert schedules_apart(["random", "dm"], {}) is None
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the same schedule everywhere: no warning
-        with_training_baseline(["crest", "infobatch"], {"crest": {"epochs": 7}, "infobatch": {"epochs": 7, "delta": 0.5}})
+
+def test_compare_warns_about_it_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from smallset.flows import cli
+
+    ran = []
+    monkeypatch.setattr(cli, "run_compare", lambda **kw: ran.append(kw) or [])
+    monkeypatch.setattr(cli.cli_output, "print_compare", lambda rows: None)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["compare", "--methods", "crest,infobatch", "--fractions", "0.1", "--set", "infobatch.epochs=3",
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0 and len(ran) == 1
+    assert err.count("smallset: warning: infobatch trains on another schedule than random_steps") == 1
 
 
 def test_the_demo_gives_every_training_time_method_the_same_schedule():

@@ -64,7 +64,8 @@ def test_logged_gains_pair_the_same_schedule(monkeypatch):
     logged = {}
     monkeypatch.setattr(record.tracking, "log_metrics", lambda run_id, m: logged.__setitem__(run_id, m))
     rows = [dict(trained_row("random_steps", 0, 0.60, "A"), run_id="r"),
-            dict(trained_row("crest", 0, 0.65, "A"), run_id="c"), dict(trained_row("infobatch", 0, 0.90, "B"), run_id="i")]
+            dict(trained_row("crest", 0, 0.65, "A"), run_id="c"),
+            dict(trained_row("infobatch", 0, 0.90, "B"), run_id="i")]
     record.log_gains(rows)
     assert logged == {"c": {"gain_over_random": pytest.approx(0.05)}}
     assert "gain_over_random" not in rows[2]
