@@ -188,13 +188,15 @@ def main(argv=None):
                   lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma)
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
-    if args.infobatch_kept and not Path(args.infobatch_kept).is_file():
-        ap.error(f"--infobatch-kept {args.infobatch_kept}: no such file; give the --json file of an earlier run")
-    earlier = earlier_kept(args.infobatch_kept, recipe, args) if args.infobatch_kept else {}
-    missing = [f"{name} seed {seed}" for name, seed in plan if (name, seed) not in earlier]
-    if args.infobatch_kept and "random-ib" in arms and missing:  # refused before any dataset loads
-        ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {', '.join(missing)} with this "
-                 f"recipe, r and δ")
+    earlier = {}
+    if args.infobatch_kept:  # refused before any dataset loads
+        if not Path(args.infobatch_kept).is_file():
+            ap.error(f"--infobatch-kept {args.infobatch_kept}: no such file; give the --json file of an earlier run")
+        earlier = earlier_kept(args.infobatch_kept, recipe, args)
+        missing = [f"{name} seed {seed}" for name, seed in plan if (name, seed) not in earlier]
+        if "random-ib" in arms and missing:
+            ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {', '.join(missing)} with "
+                     f"this recipe, r and δ")
     began = time.perf_counter()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
           f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "

@@ -160,9 +160,8 @@ class CAFECondenser(Condenser):
         return self.dc_paper_recipe(dataset_key)
 
     @classmethod
-    def check_config(cls, config: CAFEConfig) -> None:
+    def check_config(cls, cfg: CAFEConfig) -> None:
         """Ranges of the options alone; the layer count against the model is checked in :meth:`setup`."""
-        cfg = config
         check_positive(cfg, ["iterations", "lr_img", "lr_net", "batch_real", "batch_train", "probe_per_class",
                              "max_outer_steps", "max_inner_epochs"])
         check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],

@@ -102,13 +102,15 @@ class TrainingSchedule:
 DEMO_SCHEDULE = {"epochs": 150, "warmup_epochs": 0, "lr_milestones": ""}
 
 
+SCHEDULE_FIELDS = tuple(sorted(f.name for f in dataclasses.fields(TrainingSchedule)))
+
+
 def schedule_key(params: dict) -> str | None:
     """The :class:`TrainingSchedule` fields of a method's params as one canonical string (None when the method
     has no such schedule): a training-time method is compared only with a baseline of the same key."""
-    names = [f.name for f in dataclasses.fields(TrainingSchedule)]
-    if not all(n in params for n in names):
+    if not all(n in params for n in SCHEDULE_FIELDS):
         return None
-    return json.dumps({n: params[n] for n in names}, sort_keys=True)
+    return json.dumps({n: params[n] for n in SCHEDULE_FIELDS})
 
 
 def validate_schedule(c: TrainingSchedule) -> None:

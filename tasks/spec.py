@@ -234,29 +234,31 @@ def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], opti
 TRAINING_BASELINE = "random_steps"
 
 
-def schedule_fields() -> list[str]:
-    import dataclasses
-
-    return sorted(f.name for f in dataclasses.fields(method_class(TRAINING_BASELINE).config_cls))
+def training_methods(methods: list[str]) -> list[str]:
+    """The training-time methods among ``methods``, their baseline excluded."""
+    return [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
 
 
 def schedules_apart(methods: list[str], params: dict[str, dict]) -> str | None:
     """The warning a compare gets when a training-time method will not train on its baseline's schedule (it
     then gets no gain over random, tasks/results.py), or None. Compared by the values each trains with."""
+    from smallset.prune._training import SCHEDULE_FIELDS
+
     methods, params = with_training_baseline(methods, params)
-    trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
-
-    def schedule(m: str) -> dict:  # defaults and coerced overrides
-        config = method_class(m).make_config({k: v for k, v in params.get(m, {}).items() if k in schedule_fields()})
-        return {k: getattr(config, k) for k in schedule_fields()}
-
-    base = schedule(TRAINING_BASELINE) if trainers else {}
-    apart = {m: [k for k, v in schedule(m).items() if v != base[k]] for m in trainers}
+    trainers = training_methods(methods)
+    if not trainers:
+        return None
+    schedules = {}  # method → its schedule: defaults and coerced overrides
+    for m in [TRAINING_BASELINE, *trainers]:
+        config = method_class(m).make_config({k: v for k, v in params.get(m, {}).items() if k in SCHEDULE_FIELDS})
+        schedules[m] = {k: getattr(config, k) for k in SCHEDULE_FIELDS}
+    base = schedules[TRAINING_BASELINE]
+    apart = {m: [k for k in SCHEDULE_FIELDS if schedules[m][k] != base[k]] for m in trainers}
     apart = {m: keys for m, keys in apart.items() if keys}
     if not apart:
         return None
     m, keys = next(iter(apart.items()))
-    differs = ", ".join(f"{k} {schedule(m)[k]!r} vs {base[k]!r}" for k in keys)
+    differs = ", ".join(f"{k} {schedules[m][k]!r} vs {base[k]!r}" for k in keys)
     return (f"{', '.join(apart)} {'trains' if len(apart) == 1 else 'train'} on another schedule than "
             f"{TRAINING_BASELINE} ({m}: {differs}), so no gain over random is computed for "
             f"{'it' if len(apart) == 1 else 'them'}; give every training-time method the same schedule options to "
@@ -267,9 +269,13 @@ def with_training_baseline(methods: list[str], params: dict[str, dict]) -> tuple
     """A training-time method (CREST, InfoBatch) is judged against random subsets at its own step budget and
     schedule, not against a set retrained with the evaluation recipe: when one is compared, ``random_steps``
     joins with the schedule options the first such method was given (the fields both configs share)."""
-    trainers = [m for m in methods if getattr(method_class(m), "trains_model", False) and m != TRAINING_BASELINE]
-    if not trainers:
-        return methods, params
+    from smallset.prune._training import SCHEDULE_FIELDS
+
+    trainers = training_methods(methods)
+    if trainers and TRAINING_BASELINE not in methods:
+        options = {k: v for k, v in params.get(trainers[0], {}).items() if k in SCHEDULE_FIELDS}
+        methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
+    return methods, params
     if TRAINING_BASELINE not in methods:
         options = {k: v for k, v in params.get(trainers[0], {}).items() if k in schedule_fields()}
         methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
