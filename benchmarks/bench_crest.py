@@ -25,31 +25,23 @@ evaluation excluded for all). The speed-up is full-data seconds / CREST seconds 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from smallset.context import RunContext  # noqa: E402
-from smallset.data import load_source  # noqa: E402
-from smallset.models import seeded_model  # noqa: E402
-from smallset.train import accuracy  # noqa: E402
-from smallset.prune.crest import CrestConfig, CrestSelector, lr_for_epoch  # noqa: E402
+from smallset.context import RunContext
+from smallset.models import seeded_model
+from smallset.prune.crest import CrestConfig, CrestSelector, lr_for_epoch
+from smallset.train import accuracy
 
 VARIANTS = {"crest": {}, "crest-fast": {"consistent_check": True, "check_subsets": 1}}  # name → CrestConfig overrides
-DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",
-            "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
 
 
 def train_baseline(ds, test, cfg: CrestConfig, model_name, seed, device, fraction=None):
@@ -83,10 +75,33 @@ def train_baseline(ds, test, cfg: CrestConfig, model_name, seed, device, fractio
     return {"test_accuracy": accuracy(model, test, device), "train_seconds": secs, "steps": steps}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_crest(ds, test, cfg: CrestConfig, model_name, seed, device, fraction: float) -> dict:
+    """CREST's selector at ``fraction``; its training's accuracy, seconds, steps and selection counters."""
+    ctx = RunContext(seed=seed, device=device, model=model_name, test=test)
+    sel = CrestSelector(cfg).select(ds, fraction, ctx)
+    info = sel.info
+    return {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
+            "steps": int(info["steps"]), "selection_seconds": info["selection_seconds"],
+            "check_seconds": info["check_seconds"], "selections": int(info["selections"]),
+            "checks": len(info["check_error"]),
+            "kappa_first_last": info["kappa"][:1] + info["kappa"][-1:],  # empty if never selected
+            "epoch_selections": info["epoch_selections"],
+            "dropped": int(info["dropped"]), "distinct_examples": len(sel.indices),
+            "final_check_interval": info["check_interval"][-1],
+            "final_num_coresets": info["num_coresets"][-1]}
+
+
+def time_is_up(args, began: float) -> bool:
+    """``--not-after`` passed, or ``--start-limit`` seconds since the start."""
+    late = bool(args.not_after) and time.strftime("%H:%M") >= args.not_after
+    return late or bool(args.start_limit and time.perf_counter() - began > args.start_limit)
+
+
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, threads=0, device="auto", json="", data=str(utils.DATA))
     ap.add_argument("--plan", default="mnist:0,cifar10:0,mnist:1,cifar10:1,mnist:2,cifar10:2",
-                    help="dataset:seed groups, run in this order")
+                    help="dataset:seed groups, run in this order (dataset: a folder under --data, mnist-mini or "
+                         "a source spec)")
     ap.add_argument("--start-limit", type=float, default=0.0,
                     help="seconds after which no new dataset:seed group is started (0: no limit)")
     ap.add_argument("--not-after", default="", help="HH:MM (local time): start no new group after it")
@@ -97,67 +112,45 @@ def main():
     ap.add_argument("--drop-interval", type=int, default=1)
     ap.add_argument("--fractions", default="0.1,0.2")
     ap.add_argument("--variants", default="crest", help=f"comma-separated CREST variants of {sorted(VARIANTS)}")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    ap.add_argument("--json", default="", help="append one JSON line per run here")
     ap.add_argument("--table-only", action="store_true", help="re-print the table of the --json file and exit")
-    args = ap.parse_args()
-    if args.table_only:
-        if not args.json or not Path(args.json).exists():
-            ap.error("--table-only needs --json FILE written by an earlier run")
-        summarize([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()])
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = CrestConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr_milestones=args.lr_milestones,
-                      drop_interval=args.drop_interval)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    args = ap.parse_args(argv)
+    unknown = sorted(set(utils.comma_list(args.variants)) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
-    plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
-    began = time.perf_counter()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
-          f"threads={torch.get_num_threads()} device={device} model={args.model}", flush=True)
-    print(f"# config {json.dumps(asdict(cfg))}", flush=True)
-    rows, sources = [], {}
-    for name, seed in plan:
-        late = bool(args.not_after) and time.strftime("%H:%M") >= args.not_after
-        if late or (args.start_limit and time.perf_counter() - began > args.start_limit):
+    return args
+
+
+def run(args) -> list[dict]:
+    if args.table_only:
+        if not (args.json and Path(args.json).exists()):
+            raise SystemExit("--table-only needs --json FILE written by an earlier run")
+        summarize(utils.read_rows(args.json))
+        return []
+    utils.set_threads(args.threads)
+    device = utils.device(args.device)
+    cfg = CrestConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr_milestones=args.lr_milestones,
+                      drop_interval=args.drop_interval)
+    fractions = [float(f) for f in utils.comma_list(args.fractions)]
+    utils.print_header(device=str(device), model=args.model, config=asdict(cfg))
+    rows, began = utils.RowWriter(args.json), time.perf_counter()
+    for name, seed in utils.plan(args.plan):
+        if time_is_up(args, began):
             print(f"# time limit: skipped {name}:{seed}", flush=True)
             continue
-        if name not in sources:
-            t = time.perf_counter()
-            src = load_source(DATASETS[name])
-            sources[name] = (src.train, src.test)
-            print(f"# loaded {name}: {len(src.train)} train / {len(src.test)} test in "
-                  f"{time.perf_counter() - t:.1f}s", flush=True)
-        ds, test = sources[name]
-        runs = [("full", None)] + [(k, f) for f in fractions for k in ("random", *variants)]
+        src = utils.load(utils.dataset_spec(name, args.data))
+        ds, test = src.train, src.test
+        runs = [("full", None)] + [(k, f) for f in fractions for k in ("random", *utils.comma_list(args.variants))]
         for kind, f in runs:
             if kind in VARIANTS:
-                ctx = RunContext(seed=seed, device=device, model=args.model, test=test)
-                sel = CrestSelector(replace(cfg, **VARIANTS[kind])).select(ds, f, ctx)
-                info = sel.info
-                res = {"test_accuracy": info["test_accuracy"], "train_seconds": info["train_seconds"],
-                       "steps": int(info["steps"]), "selection_seconds": info["selection_seconds"],
-                       "check_seconds": info["check_seconds"], "selections": int(info["selections"]),
-                       "checks": len(info["check_error"]), "kappa_first_last": info["kappa"][:1] + info["kappa"][-1:],  # empty if never selected
-                       "epoch_selections": info["epoch_selections"],
-                       "dropped": int(info["dropped"]), "distinct_examples": len(sel.indices),
-                       "final_check_interval": info["check_interval"][-1],
-                       "final_num_coresets": info["num_coresets"][-1]}
+                res = run_crest(ds, test, replace(cfg, **VARIANTS[kind]), args.model, seed, device, f)
             else:
                 res = train_baseline(ds, test, cfg, args.model, seed, device, f)
             row = {"dataset": name, "seed": seed, "run": kind if f is None else f"{kind}@{f:g}", **res,
-                   "elapsed": round(time.perf_counter() - began, 1), "load1": round(os.getloadavg()[0], 2)}
-            rows.append(row)
+                   "elapsed": round(time.perf_counter() - began, 1)}
             print(json.dumps(row), flush=True)
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-    summarize(rows)
+            rows.write(row)
+    summarize(rows.rows)
+    return rows.rows
 
 
 def summarize(rows: list[dict]) -> None:
@@ -185,5 +178,6 @@ def summarize(rows: list[dict]) -> None:
                   f"{statistics.mean(delta):+.2f} | {statistics.mean(sec):.1f} | {statistics.mean(spd):.2f}× | "
                   f"{share} | {sels} | {len(rs)} |")
 
+
 if __name__ == "__main__":
-    main()
+    run(parse_args())

@@ -14,22 +14,17 @@ finishes before its moment is counted as finished, not as a kill.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_cli import SMALLSET, env_for  # noqa: E402
+import utils
+from utils import SMALLSET
 
 
 def command(out: Path) -> list[str]:
@@ -67,73 +62,68 @@ def readable(path: Path) -> bool:
         return False
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, seed=0, json=None)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--signal", choices=["KILL", "TERM", "INT"], default="KILL")
     ap.add_argument("--prefect", action="store_true", help="run through Prefect (SMALLSET_USE_PREFECT=1)")
     ap.add_argument("--span", type=float, default=1.0,
                     help="kill moments up to this fraction of a complete run (below 1: fewer runs finish first)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="append the summary to this JSON-lines file")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def kill_once(out: Path, scratch: Path, env: dict, delay: float, sig: int) -> dict:
+    """One run of :func:`command` sent ``sig`` after ``delay`` seconds (unless it finished first); what it left."""
+    p = subprocess.Popen(command(out), env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    seen: dict[int, psutil.Process] = {}
+    end = time.perf_counter() + delay
+    while time.perf_counter() < end and p.poll() is None:
+        seen.update((c.pid, c) for c in tree(p.pid) if c.pid not in seen)
+        time.sleep(0.05)
+    finished = p.poll() is not None
+    if not finished:
+        seen.update((c.pid, c) for c in tree(p.pid) if c.pid not in seen)
+        p.send_signal(sig)
+    p.wait(120)
+    time.sleep(5)
+    left = alive(list(seen.values()))
+    for q in left:  # clean up so the next kill starts alone
+        q.kill()
+    return {"after_s": round(delay, 2), "finished_first": finished, "exit": p.returncode,
+            "processes_left": len(left), "partial_file": not readable(out),
+            "temp_files": len(list(scratch.glob(".out.parquet.*")))}
+
+
+def run(args) -> dict:
+    utils.print_header()
     rng = random.Random(args.seed)
     sig = getattr(signal, "SIG" + args.signal)
     with tempfile.TemporaryDirectory(prefix="smallset-kills-") as d:
         scratch = Path(d)
-        env = env_for(scratch)
-        if args.prefect:
-            env["SMALLSET_USE_PREFECT"] = "1"
+        env = utils.scratch_env(scratch) | ({"SMALLSET_USE_PREFECT": "1"} if args.prefect else {})
         out = scratch / "out.parquet"
         t0 = time.perf_counter()
         subprocess.run(command(out), env=env, cwd=scratch, capture_output=True, check=True, timeout=600)
         full = time.perf_counter() - t0
         out.unlink()
-        print(f"# one complete run: {full:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
-        orphans = partial = finished_first = 0
-        temps_after_kill = []
+        print(f"# one complete run: {full:.1f} s; load {utils.load_average()[0]:.2f}", flush=True)
+        kills = []
         for k in range(args.kills):
-            delay = rng.uniform(0.2, args.span * full)
-            p = subprocess.Popen(command(out), env=env, cwd=scratch, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-            seen: list[psutil.Process] = []
-            end = time.perf_counter() + delay
-            while time.perf_counter() < end and p.poll() is None:
-                seen += [c for c in tree(p.pid) if c.pid not in {s.pid for s in seen}]
-                time.sleep(0.05)
-            finished = p.poll() is not None
-            finished_first += finished
-            if not finished:
-                seen += [c for c in tree(p.pid) if c.pid not in {s.pid for s in seen}]
-                p.send_signal(sig)
-            p.wait(120)
-            time.sleep(5)
-            left = alive(seen)
-            orphans += len(left)
-            for q in left:  # clean up so the next kill starts alone
-                q.kill()
-            bad = not readable(out)
-            partial += bad
-            temps = sorted(x.name for x in scratch.glob(".out.parquet.*"))
-            temps_after_kill.append(len(temps))
-            print(json.dumps({"kill": k, "after_s": round(delay, 2), "finished_first": finished,
-                              "exit": p.returncode, "processes_left": len(left), "partial_file": bad,
-                              "temp_files": len(temps)}), flush=True)
+            kills.append(kill_once(out, scratch, env, rng.uniform(0.2, args.span * full), sig))
+            print(json.dumps({"kill": k, **kills[-1]}), flush=True)
         final = subprocess.run(command(out), env=env, cwd=scratch, capture_output=True, timeout=600)
-        temps_final = len(list(scratch.glob(".out.parquet.*")))
         summary = {"signal": args.signal, "prefect": args.prefect, "runs": args.kills,
-                   "killed": args.kills - finished_first, "span": args.span, "run_s": round(full, 1),
-                   "processes_left": orphans, "partial_files": partial,
-                   "temp_files_max_between_runs": max(temps_after_kill or [0]),
-                   "final_run_exit": final.returncode, "temp_files_after_next_write": temps_final,
-                   "output_reads_back": readable(out) and out.exists(),
-                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                   "load1": round(os.getloadavg()[0], 2)}
+                   "killed": sum(not k["finished_first"] for k in kills), "span": args.span, "run_s": round(full, 1),
+                   "processes_left": sum(k["processes_left"] for k in kills),
+                   "partial_files": sum(k["partial_file"] for k in kills),
+                   "temp_files_max_between_runs": max([k["temp_files"] for k in kills] or [0]),
+                   "final_run_exit": final.returncode,
+                   "temp_files_after_next_write": len(list(scratch.glob(".out.parquet.*"))),
+                   "output_reads_back": readable(out) and out.exists()}
         print(json.dumps(summary), flush=True)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(summary) + "\n")
+    return utils.RowWriter(args.json, peak_memory=False).write(summary)
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

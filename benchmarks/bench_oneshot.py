@@ -1,4 +1,5 @@
-"""Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center, EL2N, GraNd, CCS) against random on a real source.
+"""Benchmark the one-shot selectors (forgetting, GEDA, herding, k-center, EL2N, GraNd, CCS) against random on
+a real source.
 
 Scores are computed once per (method, seed) and reused for every fraction; each subset is evaluated with
 :func:`smallset.train.evaluate` (one run per seed, the given protocol and model). Results are appended to a
@@ -9,7 +10,8 @@ Run it under the shared lock, e.g.
     flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_oneshot.py \
         --source parquet:../shared/datasets/mnist --model lenet --seeds 0 1 2 --fractions 0.01 0.05 0.1 0.3
 
-Also measures the GEDA selection step alone on the source's gradient norms (``--geda-timing``).
+Also measures the GEDA selection step alone on the source's gradient norms (``--geda-timing``). ``--threads``
+defaults to 1 here: spinning OpenMP threads slow training down on a shared 2-core machine (BENCHMARKS.md).
 
 The data-diet / CCS comparison (EL2N, GraNd and CCS on forgetting, EL2N and GraNd scores; a CCS method shares
 the cached scores of its score's own method, so each score is computed once per seed):
@@ -21,22 +23,17 @@ method and as a CCS score), e.g. ``--set el2n.models=2 --set el2n.epochs=2 --set
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+import utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from smallset import prune  # noqa: E402,F401
-from smallset.context import RunContext  # noqa: E402
-from smallset.data import load_source  # noqa: E402
-from smallset.train import evaluate, get_protocol  # noqa: E402
-from smallset.prune.base import SELECTORS  # noqa: E402
+from smallset.context import RunContext
+from smallset.prune import SELECTORS
+from smallset.train import evaluate, get_protocol
 
 # label → (registered selector, config overrides, which score cache to share)
 METHODS = {
@@ -72,59 +69,70 @@ def make_selector(label: str):
     return cls(cls.make_config(overrides))
 
 
-def parse_settings(pairs: list[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        name, _, opt = key.partition(".")
-        if not (name and opt and _):
-            raise SystemExit(f"--set {pair!r}: expected NAME.OPTION=VALUE, e.g. el2n.models=2")
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-        out.setdefault(name, {})[opt.replace("-", "_")] = value
-    return out
+def json_value(text: str):
+    """A ``--set`` value as JSON where it parses (numbers, booleans, objects), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-def run(args) -> None:
-    torch.set_num_threads(args.threads)
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, source="parquet:../shared/datasets/mnist", seeds=[0, 1, 2], threads=1, device="cpu",
+                      json="/tmp/bench_oneshot.jsonl")
+    ap.add_argument("--model", default="lenet")
+    ap.add_argument("--protocol", default="quick")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--geda-timing", action="store_true", help="also time the GEDA selection step alone")
+    ap.add_argument("--table-only", action="store_true", help="print the table of --json and exit")
+    ap.add_argument("--eval-epochs", type=int, default=None, help="override the protocol's epochs (smoke runs)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
+                    help="override an option of a registered method (also where it is a CCS score)")
+    args = ap.parse_args(argv)
+    SETTINGS.update({name: {k: json_value(v) for k, v in opts.items()}
+                     for name, opts in utils.method_settings(args.set).items()})
+    return args
+
+
+def run(args) -> str:
+    if not args.table_only:
+        measure(args)
+    text = table(args.json)
+    print(text)
+    return text
+
+
+def measure(args) -> None:
+    """Scores once per (method's score cache, seed), then per fraction a selection and one evaluation."""
+    utils.set_threads(args.threads)
+    utils.print_header()
     t0 = time.perf_counter()
-    src = load_source(args.source)
+    src = utils.load(args.source)
     train, test = src.train, src.test
-    print(f"loaded {args.source}: {len(train)} train, {len(test)} test in {time.perf_counter() - t0:.1f}s",
-          flush=True)
-    out = Path(args.json)
-    device = torch.device(args.device)
+    device = utils.device(args.device)
+    protocol = get_protocol(args.protocol, epochs=args.eval_epochs)
+    rows = utils.RowWriter(args.json)
     for seed in args.seeds:
         ctx = RunContext(seed=seed, device=device, model=args.model)
-        cache: dict[str, tuple[torch.Tensor, float]] = {}
+        cache: dict[str, tuple] = {}  # score cache key → (prepared state, seconds)
         for label in args.methods:
-            sel = make_selector(label)
-            key = METHODS[label][2]
-            score_s = 0.0
-            scores = None
-            if key is not None:
-                if key not in cache:
-                    t = time.perf_counter()
-                    s = sel.prepare(train, ctx)
-                    cache[key] = (s, time.perf_counter() - t)
-                scores, score_s = cache[key]
+            sel, key = make_selector(label), METHODS[label][2]
+            if key is not None and key not in cache:
+                t = time.perf_counter()
+                cache[key] = (sel.prepare(train, ctx), time.perf_counter() - t)
+            prepared, score_s = cache.get(key, (None, 0.0))
             for fraction in args.fractions:
                 t = time.perf_counter()
-                selection = sel.select(train, fraction, ctx, prepared=scores)
+                selection = sel.select(train, fraction, ctx, prepared=prepared)
                 select_s = time.perf_counter() - t
-                subset = train.subset(selection.indices, selection.weights)
-                ev = evaluate(subset, test, model_name=args.model,
-                              protocol=get_protocol(args.protocol, epochs=args.eval_epochs), runs=1, seed=seed,
-                              device=device)
-                info = {k: v for k, v in selection.info.items() if isinstance(v, (int, float))}
-                row = {"source": args.source, "model": args.model, "protocol": args.protocol, "seed": seed,
-                       "method": label, "fraction": fraction, "n": len(selection.indices),
-                       "accuracy": ev.accuracies[0], "score_seconds": score_s, "select_seconds": select_s,
-                       "train_seconds": ev.train_seconds[0], "info": info, "settings": SETTINGS}
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                ev = evaluate(train.subset(selection.indices, selection.weights), test, model_name=args.model,
+                              protocol=protocol, runs=1, seed=seed, device=device)
+                rows.write({"source": args.source, "model": args.model, "protocol": args.protocol, "seed": seed,
+                            "method": label, "fraction": fraction, "n": len(selection.indices),
+                            "accuracy": ev.accuracies[0], "score_seconds": score_s, "select_seconds": select_s,
+                            "train_seconds": ev.train_seconds[0], "settings": SETTINGS,
+                            "info": {k: v for k, v in selection.info.items() if isinstance(v, (int, float))}})
                 print(f"seed {seed} {label:16s} f={fraction:<5} acc={100 * ev.accuracies[0]:6.2f}% "
                       f"score={score_s:7.2f}s select={select_s:6.3f}s train={ev.train_seconds[0]:6.1f}s "
                       f"[{time.perf_counter() - t0:7.1f}s]", flush=True)
@@ -159,7 +167,8 @@ def table(path: str) -> str:
     for source in sources:
         methods = [m for m in METHODS if any(k[0] == source and k[1] == m for k in groups)]
         lines.append(f"\n{source}: test accuracy % (mean ± std over seeds; n seeds in brackets)\n")
-        lines.append("| method | " + " | ".join(f"f = {f}" for f in fractions) + " | score s | select s (per fraction) |")
+        lines.append("| method | " + " | ".join(f"f = {f}" for f in fractions)
+                     + " | score s | select s (per fraction) |")
         lines.append("|---|" + "---|" * len(fractions) + "---|---|")
         for m in methods:
             cells, score_s, select_s = [], [], []
@@ -178,29 +187,5 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", default="parquet:../shared/datasets/mnist")
-    p.add_argument("--model", default="lenet")
-    p.add_argument("--protocol", default="quick")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: avoids the slowdown of spinning threads on a shared 2-core box)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.3])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--json", default="/tmp/bench_oneshot.jsonl", help="JSON-lines file the rows are appended to")
-    p.add_argument("--geda-timing", action="store_true", help="also time the GEDA selection step alone")
-    p.add_argument("--table-only", action="store_true", help="print the table of --json and exit")
-    p.add_argument("--eval-epochs", type=int, default=None, help="override the protocol's epochs (smoke runs)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
-                   help="override an option of a registered method (also where it is a CCS score)")
-    args = p.parse_args(argv)
-    SETTINGS.update(parse_settings(args.set))
-    if not args.table_only:
-        run(args)
-    print(table(args.json))
-
-
 if __name__ == "__main__":
-    main()
+    run(parse_args())

@@ -11,21 +11,16 @@ MNIST. Normalisation: the papers' constants (MNIST 0.1307/0.3081, CIFAR-10 0.491
     flock /tmp/smallset-bench.lock .venv/bin/python benchmarks/bench_reference.py --threads 2 \
         --rows random-mnist-1,random-cifar10-1,dm-mnist-1,dm-cifar10-1,dc-mnist-1 --json /tmp/bench_reference.jsonl
 
-``--table-only --json FILE`` re-prints the Markdown table of a JSON-lines file.
+``--table-only --json FILE`` re-prints the Markdown table of a JSON-lines file. The condensers run through
+the pipeline's own step (``smallset.tasks.steps.reduce``: the cell's config, context and memory pre-check);
+``condense_seconds`` is that step's reduction time.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import platform
-import resource
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import utils
 
 FLIP = "color_crop_cutout_flip_scale_rotate"
 # row → (method, dataset, ipc, condensation settings, evaluation augmentation, the reference's figure ± std)
@@ -43,51 +38,57 @@ ROWS = {
 }
 
 
-def load_kb() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+def load_text() -> str:
+    return " ".join(f"{x:.2f}" for x in utils.load_average())
+
+
+def reduce_row(name: str, src, args) -> tuple[list, dict, float]:
+    """(reduced sets, the reduction's info, seconds): ``--random-sets`` class-balanced draws for a random row
+    (one draw of ipc 1 varies by points), the condenser through ``tasks.steps.reduce`` otherwise."""
+    import torch
+
+    method, _, ipc, settings, _, _ = ROWS[name]
+    ds = src.train
+    if method == "random":
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(args.seed)
+        draws = [torch.cat([idx[torch.randperm(len(idx), generator=g)[:ipc]] for idx in ds.class_indices()])
+                 for _ in range(args.random_sets)]
+        return [ds.subset(keep) for keep in draws], {}, time.perf_counter() - t0
+    from smallset.options import RunOptions
+    from smallset.tasks import steps
+    from smallset.tasks.spec import Budget, resolve_cell
+
+    options = RunOptions(model="convnet", seed=args.seed, device="cpu", progress=not args.quiet, force=True)
+    red = steps.reduce(resolve_cell(method, Budget(ipc=ipc), options, settings), src)
+    return [red.dataset], red.info, red.seconds
 
 
 def run_row(name: str, args) -> dict:
     import torch
 
-    from smallset.context import RunContext
-    from smallset.data import load_source
-    from smallset.tasks.methods import method_class
     from smallset.train import evaluate, get_protocol
 
     method, dataset, ipc, settings, augment, reference = ROWS[name]
-    src = load_source(f"parquet:{args.data}/{dataset}")
-    ds = src.train
-    load_before = load_kb()
-    t0 = time.perf_counter()
-    if method == "random":  # several random draws: one draw of ipc 1 varies by points
-        g = torch.Generator().manual_seed(args.seed)
-        draws = [torch.cat([idx[torch.randperm(len(idx), generator=g)[:ipc]] for idx in ds.class_indices()])
-                 for _ in range(args.random_sets)]
-        reduced, info = [ds.subset(keep) for keep in draws], {}
-    else:
-        cls = method_class(method)
-        red = cls(cls.make_config(settings, ipc)).reduce(
-            ds, ipc, RunContext(seed=args.seed, model="convnet", progress=not args.quiet))
-        reduced, info = red.dataset, red.info
-    make_s = time.perf_counter() - t0
+    src = utils.load(utils.dataset_spec(dataset, args.data), keep_others=False)
+    load_before = load_text()
+    sets, info, make_s = reduce_row(name, src, args)
     protocol = get_protocol("paper", augment=augment)
-    sets = reduced if isinstance(reduced, list) else [reduced]
     evals = [evaluate(s, src.test, "convnet", protocol, runs=args.eval_runs, seed=args.seed + i,
                       progress=not args.quiet) for i, s in enumerate(sets)]
-    accs = [a for e in evals for a in e.accuracies]
-    ev = evals[0]
-    ev.accuracies, ev.train_seconds = accs, [s for e in evals for s in e.train_seconds]
+    ev = evals[0]  # one result over every set's networks
+    ev.accuracies = [a for e in evals for a in e.accuracies]
+    ev.train_seconds = [s for e in evals for s in e.train_seconds]
     return {
         "row": name, "method": method, "dataset": dataset, "ipc": ipc, "settings": settings,
-        "eval_augment": augment, "normalization": list(ds.mean) + list(ds.std), "dataset_key": ds.dataset_key,
-        "ours_mean": 100 * ev.mean, "ours_std": 100 * ev.std, "runs": len(ev.accuracies), "sets": len(sets),
-        "accuracies": ev.accuracies, "reference_mean": reference[0], "reference_std": reference[1],
+        "eval_augment": augment, "normalization": list(src.train.mean) + list(src.train.std),
+        "dataset_key": src.train.dataset_key, "ours_mean": 100 * ev.mean, "ours_std": 100 * ev.std,
+        "runs": len(ev.accuracies), "sets": len(sets), "accuracies": ev.accuracies, "reference_mean": reference[0],
+        "reference_std": reference[1],
         "condense_seconds": make_s, "iterations_per_second": info.get("iterations_per_second"),
         "eval_seconds": ev.total_train_seconds, "epochs": ev.epochs, "seed": args.seed,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-        "load_before": load_before, "load_after": load_kb(), "machine": platform.node(),
-        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "peak_rss_gb": utils.peak_rss_mib() / 1024, "load_before": load_before, "load_after": load_text(),
+        "machine": platform.node(), "threads": torch.get_num_threads(),
     }
 
 
@@ -97,42 +98,40 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         gap = r["ours_mean"] - r["reference_mean"]
         lines.append(f"| {r['row']} | {r['reference_mean']:.1f} ± {r['reference_std']:.1f} | "
-                     f"{r['ours_mean']:.1f} ± {r['ours_std']:.1f} ({r.get('sets', 1)} × {r['runs'] // r.get('sets', 1)}) | "
+                     f"{r['ours_mean']:.1f} ± {r['ours_std']:.1f} "
+                     f"({r.get('sets', 1)} × {r['runs'] // r.get('sets', 1)}) | "
                      f"{gap:+.1f} | {r['condense_seconds']:.0f} | "
                      f"{r['eval_seconds']:.0f} | {r['load_before']} / {r['load_after']} |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, threads=0, seed=0, json="/tmp/bench_reference.jsonl", data=str(utils.DATA))
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     ap.add_argument("--eval-runs", type=int, default=3, help="evaluation networks per set")
     ap.add_argument("--random-sets", type=int, default=1, help="random rows: independent draws, each evaluated")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", default="/tmp/bench_reference.jsonl")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--table-only", action="store_true")
-    args = ap.parse_args()
-    if args.table_only:
-        print(table([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]))
-        return
-    import torch
+    args = ap.parse_args(argv)
+    unknown = [r for r in utils.comma_list(args.rows) if r not in ROWS]
+    if unknown:
+        ap.error(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    return args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = []
-    for name in [r for r in args.rows.split(",") if r]:
-        if name not in ROWS:
-            raise SystemExit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
-        row = run_row(name, args)
-        rows.append(row)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+
+def run(args) -> list[dict]:
+    if args.table_only:
+        print(table(utils.read_rows(args.json)))
+        return []
+    utils.set_threads(args.threads)
+    utils.print_header()
+    rows = utils.RowWriter(args.json)
+    for name in utils.comma_list(args.rows):
+        row = rows.write(run_row(name, args))
         print(table([row]).splitlines()[-1], flush=True)
-    print(table(rows))
+    print(table(rows.rows))
+    return rows.rows
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

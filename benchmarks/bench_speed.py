@@ -14,7 +14,7 @@ fresh Python process, so its peak RSS and page faults are its own:
   (``smallset.tasks.steps.preflight``'s numbers) for this working tree. CAFE has no fixed iteration (its
   loops stop on accuracy probes): its row times one *outer step*, one image step plus one accuracy probe.
 - ``floor`` (in the ``run`` process, right after its iterations, so both see the same machine: separate
-  processes on this VM differed by up to 15 % in speed): the work no implementation of the iteration can
+  processes differ in speed, BENCHMARKS.md): the work no implementation of the iteration can
   skip, through the same network (``smallset.models``) on random inputs of the row's shapes, timed the same
   way (median, first repeat dropped), the fastest of streaming the real images in chunks of 32 or of a
   class's 256 images, with glibc's mmap off so that no chunk size pays for page faults:
@@ -52,7 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import utils
+from utils import ROOT
 
 METHODS = ("dm", "dc", "dsa", "cafe")
 DATASETS = ("mnist", "cifar10")
@@ -127,14 +128,11 @@ class Meter:
 
 
 def rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+    return utils.rss_mib() / 1024
 
 
 def peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return utils.peak_rss_mib() / 1024
 
 
 def summarise(samples: list[dict]) -> dict:
@@ -149,14 +147,14 @@ def worker(args) -> dict:
     SETTINGS.update(parse_settings(args.set))
     import torch
 
-    torch.set_num_threads(args.threads)
+    utils.set_threads(args.threads)
     method, dataset, ipc = ROWS[args.row]
     out = {"row": args.row, "kind": args.kind, "method": method, "dataset": dataset, "ipc": ipc,
            "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0], "torch": torch.__version__}
     import smallset.distill  # noqa: F401  (registers the condensers)
 
     out["rss_import_gb"] = rss_gb()
-    out.update(run(method, dataset, ipc, args))
+    out.update(measure_run(method, dataset, ipc, args))
     if args.kind == "run" and not args.no_floor:  # right after the run, in the same process: same machine state
         out["floor"] = floor(method, dataset, ipc, args)
     out.setdefault("peak_rss_gb", peak_rss_gb())
@@ -179,13 +177,12 @@ def make_condenser(method: str, ipc: int):
     return cls(cfg)
 
 
-def run(method: str, dataset: str, ipc: int, args) -> dict:
+def measure_run(method: str, dataset: str, ipc: int, args) -> dict:
     import torch
 
     from smallset.context import RunContext
-    from smallset.data import load_source
 
-    src = load_source(f"parquet:{args.data}/{dataset}")
+    src = utils.load(utils.dataset_spec(dataset, args.data))
     ds = src.train
     res = {"rss_loaded_gb": rss_gb(), "peak_loaded_gb": peak_rss_gb()}
     cond = make_condenser(method, ipc)
@@ -311,7 +308,7 @@ def floor(method: str, dataset: str, ipc: int, args) -> dict:
 
     for chunk in FLOOR_CHUNKS:
         one(chunk)  # warm-up
-        res["chunks"][str(chunk)] = timed(lambda: one(chunk), reps)
+        res["chunks"][str(chunk)] = timed(lambda chunk=chunk: one(chunk), reps)
     best = min(res["chunks"].values(), key=lambda r: r["wall"])
     per_outer = dict(best)
     inner = None
@@ -420,7 +417,8 @@ def table(records: list[dict]) -> str:
             f"| {row} | {fmt(w)}; {fmt(run['median']['cpu'] if run else None)} | {fmt(fw)} "
             f"| {fmt(w / fw if w and fw else None)} | {fmt(bw)} | {fmt(bw / w if w and bw else None)}× "
             f"| {ref['range'] if ref else '–'} | {fmt(w / ref['s_per_it'] if w and ref else None)} "
-            f"| {fmt(run['median']['faults'] if run else None, '.0f')} ({fmt(base['median']['faults'] if base else None, '.0f')}) "
+            f"| {fmt(run['median']['faults'] if run else None, '.0f')} "
+            f"({fmt(base['median']['faults'] if base else None, '.0f')}) "
             f"| {fmt(run['peak_rss_gb'] if run else None)} ({fmt(base['peak_rss_gb'] if base else None)}) "
             f"| {fmt(est.get('peak_gb'))} "
             f"| {fmt(run['load_before'] if run else None)} ({fmt(base['load_before'] if base else None)}) "
@@ -429,12 +427,11 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, threads=2, json="/tmp/bench_speed.jsonl", data=str(utils.DATA))
     ap.add_argument("--rows", default="dm-mnist-1,dm-cifar10-1,dm-cifar10-10,dc-mnist-1,dsa-cifar10-1",
                     help=f"comma list of {', '.join(ROWS)}")
     ap.add_argument("--iters", type=int, default=0, help="iterations per run (0: 4, or 2 for DC/DSA at ipc ≥ 10)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--floor-reps", type=int, default=2, help="timed repeats of the floor (after one dropped)")
     ap.add_argument("--base", default="", help="also run the code as of this commit (git worktree)")
     ap.add_argument("--no-floor", action="store_true")
@@ -443,8 +440,6 @@ def main() -> None:
                          "outer_loop=2 to time an ipc-10 DC/DSA iteration as 2 outer steps")
     ap.add_argument("--only-base", action="store_true", help="measure the --base commit only (the table reads "
                     "the other measurements from --json)")
-    ap.add_argument("--json", default="/tmp/bench_speed.jsonl")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     # worker mode (internal)
@@ -452,47 +447,51 @@ def main() -> None:
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="run", help=argparse.SUPPRESS)
     ap.add_argument("--code", default=str(ROOT), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    unknown = [r for r in utils.comma_list(args.rows) if r not in ROWS]
+    if unknown and not args.worker:
+        ap.error(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    parse_settings(args.set)
+    return args
+
+
+def report(rec: dict) -> None:
+    """One measurement's line (and its floor's)."""
+    med, row, kind = rec.get("median", {}), rec["row"], rec["kind"]
+    print(f"{row} {kind}: {fmt(med.get('wall'))} s/it wall, {fmt(med.get('cpu'))} s CPU, "
+          f"{fmt(med.get('faults'), '.0f')} faults/it, peak RSS {fmt(rec.get('peak_rss_gb'))} GB, "
+          f"load {fmt(rec.get('load_before'))}{' ERROR ' + rec['error'] if 'error' in rec else ''}", flush=True)
+    if "floor" in rec:
+        fm = rec["floor"]["median"]
+        print(f"{row} floor: {fmt(fm['wall'])} s/it wall, {fmt(fm['cpu'])} s CPU (best chunk "
+              f"{rec['floor']['best_chunk']})", flush=True)
+
+
+def run(args) -> list[dict]:
     if args.worker:
         print(json.dumps(worker(args)), flush=True)
-        return
+        return []
     if args.table_only:
-        print(table([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]))
-        return
-    rows = [r for r in args.rows.split(",") if r]
-    for r in rows:
-        if r not in ROWS:
-            raise SystemExit(f"unknown row {r!r}; rows: {', '.join(ROWS)}")
-    parse_settings(args.set)
-    stamp = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-             "cpus": os.cpu_count(), "settings": args.set}
-    records = []
-
-    def measure(row, kind, code, extra=None):
-        rec = {**spawn(row, kind, code, args), **stamp, **(extra or {})}
-        records.append(rec)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        med = rec.get("median", {})
-        print(f"{row} {kind}: {fmt(med.get('wall'))} s/it wall, {fmt(med.get('cpu'))} s CPU, "
-              f"{fmt(med.get('faults'), '.0f')} faults/it, peak RSS {fmt(rec.get('peak_rss_gb'))} GB, "
-              f"load {fmt(rec.get('load_before'))}{' ERROR ' + rec['error'] if 'error' in rec else ''}", flush=True)
-        if "floor" in rec:
-            fm = rec["floor"]["median"]
-            print(f"{row} floor: {fmt(fm['wall'])} s/it wall, {fmt(fm['cpu'])} s CPU (best chunk "
-                  f"{rec['floor']['best_chunk']})", flush=True)
-
+        print(table(utils.read_rows(args.json)))
+        return []
+    rows = utils.comma_list(args.rows)
+    utils.print_header()
+    records = utils.RowWriter(args.json, peak_memory=False)
+    stamp = {"machine": platform.node(), "cpus": os.cpu_count(), "settings": args.set}
     for row in rows if not args.only_base else ():
-        measure(row, "run", ROOT)
+        report(records.write({**spawn(row, "run", ROOT, args), **stamp}))
     if args.base:
         with BaseCheckout(args.base) as path:
+            commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], stdout=subprocess.PIPE,
+                                    text=True).stdout.strip()
             for row in rows:
-                measure(row, "base", path, {"base_commit": subprocess.run(
-                    ["git", "-C", str(path), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout.strip()})
+                report(records.write({**spawn(row, "base", path, args), **stamp, "base_commit": commit}))
+    shown = records.rows
     if args.only_base and Path(args.json).exists():  # the table with this file's other measurements
-        records = [json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()]
-    print(table(records))
+        shown = utils.read_rows(args.json)
+    print(table(shown))
+    return records.rows
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

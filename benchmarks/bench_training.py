@@ -29,33 +29,23 @@ Full runs: the commands in docs/methods/infobatch.md#infobatch-benchmark.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import platform
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from smallset import prune  # noqa: E402,F401
-from smallset.context import RunContext  # noqa: E402
-from smallset.data import load_source  # noqa: E402
-from smallset.models import seeded_model  # noqa: E402
-from smallset.prune._training import augment_flags, crop_flip, parse_epochs, warmup_multistep_lr  # noqa: E402
-from smallset.prune.crest import CrestConfig, CrestSelector  # noqa: E402
-from smallset.prune.infobatch import InfoBatchConfig, InfoBatchSelector  # noqa: E402
-from smallset.train import accuracy  # noqa: E402
-
-DATASETS = {"mnist": "parquet:../shared/datasets/mnist", "cifar10": "parquet:../shared/datasets/cifar10",
-            "mnist-mini": "builtin:mnist-mini"}  # mnist-mini: for a quick smoke run of this script
-ARMS = ("full", "infobatch", "random-ib", "random", "random-2x", "crest", "infobatch-f")  # the last four per fraction
+from smallset.context import RunContext
+from smallset.models import seeded_model
+from smallset.prune._training import augment_flags, crop_flip, parse_epochs, warmup_multistep_lr
+from smallset.prune.crest import CrestConfig, CrestSelector
+from smallset.prune.infobatch import InfoBatchConfig, InfoBatchSelector
+from smallset.train import accuracy
 
 
 def model_kwargs(pairs: list[str]) -> dict:
@@ -140,10 +130,56 @@ def run_crest(ds, test, recipe: dict, args, seed: int, device, fraction: float) 
                                                                  "kappa") if k in info}}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclass
+class Group:
+    """One dataset:seed group: the data, recipe and device every arm of it trains with, and InfoBatch's
+    per-epoch kept counts once known (``random-ib`` trains on them)."""
+
+    ds: object
+    test: object
+    recipe: dict
+    args: object
+    seed: int
+    device: torch.device
+    ib_kept: list[int] | None = None
+
+    def random_epochs(self, sizes: list[int], loss_scale: float = 1.0) -> dict:
+        return train_baseline(self.ds, self.test, self.recipe, self.args, self.seed, self.device, sizes, loss_scale)
+
+    def infobatch(self, fraction: float) -> dict:
+        return run_infobatch(self.ds, self.test, self.recipe, self.args, self.seed, self.device, fraction)
+
+    def kept(self) -> list[int]:
+        if self.ib_kept is None:
+            self.ib_kept = self.infobatch(1.0)["epoch_kept"]
+        return self.ib_kept
+
+
+def arm_infobatch(g: Group, f: float | None) -> dict:
+    res = g.infobatch(1.0 if f is None else f)
+    if f is None:
+        g.ib_kept = res["epoch_kept"]
+    return res
+
+
+# arm → what it trains (group, fraction or None); the first three once per group, the others per fraction
+ARMS = {
+    "full": lambda g, f: g.random_epochs([len(g.ds)] * g.args.epochs),
+    "infobatch": arm_infobatch,
+    "random-ib": lambda g, f: g.random_epochs(g.kept()),
+    "random": lambda g, f: g.random_epochs([math.floor(len(g.ds) * f)] * g.args.epochs),
+    "random-2x": lambda g, f: g.random_epochs([math.floor(len(g.ds) * f)] * g.args.epochs, loss_scale=2.0),
+    "crest": lambda g, f: run_crest(g.ds, g.test, g.recipe, g.args, g.seed, g.device, f),
+    "infobatch-f": arm_infobatch,
+}
+WHOLE_ARMS = ("full", "infobatch", "random-ib")
+
+
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, threads=0, device="auto", json="", data=str(utils.DATA))
     ap.add_argument("--plan", default="mnist:0,cifar10:0,mnist:1,cifar10:1,mnist:2,cifar10:2",
-                    help="dataset:seed groups, run in this order (datasets: " + ", ".join(DATASETS) + ")")
+                    help="dataset:seed groups, run in this order (dataset: a folder under --data, mnist-mini or "
+                         "a source spec)")
     ap.add_argument("--model", default="convnet", help="a registered model (convnet, resnet18, lenet, …)")
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="model option, e.g. norm=batchnorm width=64 (repeatable)")
@@ -163,90 +199,58 @@ def main(argv=None):
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms of {', '.join(ARMS)}")
     ap.add_argument("--crest-fast", action="store_true", help="CREST with consistent_check and check_subsets=1")
     ap.add_argument("--drop-interval", type=int, default=1, help="CREST's drop_interval (scaled to short runs)")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    ap.add_argument("--json", default="", help="append one JSON line per run here")
     ap.add_argument("--table-only", action="store_true", help="re-print the table of the --json file and exit")
     ap.add_argument("--infobatch-kept", default="", metavar="FILE",
                     help="random-ib: take InfoBatch's per-epoch counts from the infobatch rows (same dataset, seed, "
                          "recipe, r and δ) of this JSON-lines file instead of running InfoBatch again")
     args = ap.parse_args(argv)
-    if args.table_only:
-        if not args.json or not Path(args.json).exists():
-            ap.error("--table-only needs --json FILE written by an earlier run")
-        summarize([json.loads(line) for line in Path(args.json).read_text().splitlines() if line.strip()])
-        return
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if set(arms) - set(ARMS):
-        ap.error(f"unknown --arms {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                  weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                  lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma)
-    fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
-    plan = [(p.split(":")[0], int(p.split(":")[1])) for p in args.plan.split(",")]
-    earlier = {}
-    if args.infobatch_kept:  # refused before any dataset loads
+    args.arm_list = utils.comma_list(args.arms)
+    if set(args.arm_list) - set(ARMS):
+        ap.error(f"unknown --arms {sorted(set(args.arm_list) - set(ARMS))}; choose from {', '.join(ARMS)}")
+    args.recipe = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                       lr_milestones=args.lr_milestones, lr_gamma=args.lr_gamma)
+    args.earlier = {}
+    if args.infobatch_kept and not args.table_only:  # refused before any dataset loads
         if not Path(args.infobatch_kept).is_file():
             ap.error(f"--infobatch-kept {args.infobatch_kept}: no such file; give the --json file of an earlier run")
-        earlier = earlier_kept(args.infobatch_kept, recipe, args)
-        missing = [f"{name} seed {seed}" for name, seed in plan if (name, seed) not in earlier]
-        if "random-ib" in arms and missing:
+        args.earlier = earlier_kept(args.infobatch_kept, args.recipe, args)
+        missing = [f"{name} seed {seed}" for name, seed in utils.plan(args.plan) if (name, seed) not in args.earlier]
+        if "random-ib" in args.arm_list and missing:
             ap.error(f"--infobatch-kept {args.infobatch_kept} has no infobatch row for {', '.join(missing)} with "
                      f"this recipe, r and δ")
-    began = time.perf_counter()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} {platform.processor() or platform.machine()} "
-          f"threads={torch.get_num_threads()} device={device} model={args.model} {model_kwargs(args.model_arg)} "
-          f"augment={args.augment}", flush=True)
-    print(f"# recipe {json.dumps(recipe)} infobatch r={args.prune_ratio} delta={args.delta}", flush=True)
-    rows, sources = [], {}
-    for name, seed in plan:
-        if name not in sources:
-            t = time.perf_counter()
-            src = load_source(DATASETS.get(name, name))
-            sources[name] = (src.train, src.test)
-            print(f"# loaded {name}: {len(src.train)} train / {len(src.test)} test in "
-                  f"{time.perf_counter() - t:.1f}s", flush=True)
-        ds, test = sources[name]
-        n = len(ds)
-        runs = [(a, None) for a in ("full", "infobatch", "random-ib") if a in arms]
-        runs += [(a, f) for f in fractions for a in ("random", "random-2x", "crest", "infobatch-f") if a in arms]
-        ib_kept = earlier.get((name, seed))
+    return args
+
+
+def run(args) -> list[dict]:
+    if args.table_only:
+        if not (args.json and Path(args.json).exists()):
+            raise SystemExit("--table-only needs --json FILE written by an earlier run")
+        summarize(utils.read_rows(args.json))
+        return []
+    utils.set_threads(args.threads)
+    device = utils.device(args.device)
+    fractions = [float(f) for f in utils.comma_list(args.fractions)]
+    utils.print_header(device=str(device), model=args.model, model_kwargs=model_kwargs(args.model_arg),
+                       augment=args.augment, recipe=args.recipe, prune_ratio=args.prune_ratio, delta=args.delta)
+    rows, began = utils.RowWriter(args.json), time.perf_counter()
+    for name, seed in utils.plan(args.plan):
+        src = utils.load(utils.dataset_spec(name, args.data))
+        group = Group(src.train, src.test, args.recipe, args, seed, device, args.earlier.get((name, seed)))
+        runs = [(a, None) for a in WHOLE_ARMS if a in args.arm_list]
+        runs += [(a, f) for f in fractions for a in ARMS if a not in WHOLE_ARMS and a in args.arm_list]
         for arm, f in runs:
-            if arm == "full":
-                res = train_baseline(ds, test, recipe, args, seed, device, [n] * args.epochs)
-            elif arm == "infobatch":
-                res = run_infobatch(ds, test, recipe, args, seed, device, 1.0)
-                ib_kept = res["epoch_kept"]
-            elif arm == "random-ib":
-                if ib_kept is None:
-                    ib_kept = run_infobatch(ds, test, recipe, args, seed, device, 1.0)["epoch_kept"]
-                res = train_baseline(ds, test, recipe, args, seed, device, ib_kept)
-            elif arm == "random":
-                res = train_baseline(ds, test, recipe, args, seed, device, [math.floor(n * f)] * args.epochs)
-            elif arm == "random-2x":
-                res = train_baseline(ds, test, recipe, args, seed, device, [math.floor(n * f)] * args.epochs,
-                                     loss_scale=2.0)
-            elif arm == "crest":
-                res = run_crest(ds, test, recipe, args, seed, device, f)
-            else:
-                res = run_infobatch(ds, test, recipe, args, seed, device, f)
+            res = ARMS[arm](group, f)
             label = {"infobatch-f": "infobatch"}.get(arm, arm)
             row = {"dataset": name, "seed": seed, "run": label if f is None else f"{label}@{f:g}", **res,
                    "model": args.model, "model_kwargs": model_kwargs(args.model_arg), "augment": args.augment,
-                   "recipe": recipe, **({"prune_ratio": args.prune_ratio, "delta": args.delta}
-                                        if label in ("infobatch", "random-ib") else {}),
-                   "elapsed": round(time.perf_counter() - began, 1),
-                   "load1": round(os.getloadavg()[0], 2)}
-            rows.append(row)
+                   "recipe": args.recipe, **({"prune_ratio": args.prune_ratio, "delta": args.delta}
+                                             if label in ("infobatch", "random-ib") else {}),
+                   "elapsed": round(time.perf_counter() - began, 1)}
             print(json.dumps({k: v for k, v in row.items() if k not in ("recipe", "epoch_kept", "curves")}), flush=True)
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-    summarize(rows)
+            rows.write(row)
+    summarize(rows.rows)
+    return rows.rows
 
 
 def earlier_kept(path: str, recipe: dict, args) -> dict[tuple[str, int], list[int]]:
@@ -286,4 +290,4 @@ def summarize(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

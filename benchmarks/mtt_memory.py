@@ -7,6 +7,7 @@ over random synthetic images of the model's input shape, each with the trajector
 the peak resident set (VmHWM after resetting it through /proc/self/clear_refs, Linux), by default with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the resident set at once (the graph's own size);
 ``--malloc default`` keeps glibc's own threshold, as a normal run does; CUDA: ``max_memory_allocated``.
+``--json FILE`` also appends one row per configuration.
 
     .venv/bin/python benchmarks/mtt_memory.py                      # the table of docs/methods/mtt.md (CPU)
     .venv/bin/python benchmarks/mtt_memory.py --malloc default --iterations 4 --configs convnet-s:1:28:10:30:0
@@ -19,22 +20,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import utils
 
 DEFAULT = ("convnet-s:1:28:10:5:0,convnet-s:1:28:10:10:0,convnet-s:1:28:10:20:0,convnet-s:1:28:10:20:50,"
            "convnet-s:1:28:50:10:100,convnet-s:1:28:1:30:0,convnet:3:32:10:5:0,convnet:3:32:10:10:0,"
            "convnet:3:32:10:20:0,convnet:3:32:10:20:50,convnet:3:32:50:10:100,convnet:3:32:1:30:0")
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
 
 
 def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: int, device: str,
@@ -69,9 +60,8 @@ def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: i
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status("VmRSS")
+        utils.clear_peak()
+        base = utils.status_bytes("VmRSS")
     for _ in range(iterations):
         theta = unroll(fm, start, syn, labels, lr, batches, lambda x: dsa(x, g))
         loss = trajectory_loss(theta, start, target)
@@ -83,50 +73,57 @@ def measure(model: str, channels: int, size: int, ipc: int, steps: int, batch: i
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = _status("VmHWM") - base
+        peak = utils.status_bytes("VmHWM") - base
     return {"model": model, "channels": channels, "size": size, "ipc": ipc, "syn_steps": steps,
             "batch_syn": batch or 10 * ipc, "device": device, "iterations": iterations, "measured_mib": peak / 2**20,
             "graph_mib": graph / 2**20, "estimate_mib": process / 2**20}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure_in_child(config: str, args) -> dict:
+    """:func:`measure` of ``MODEL:CHANNELS:SIZE:IPC:SYN_STEPS:BATCH_SYN`` in a fresh process (its own peak)."""
+    env = dict(os.environ)
+    if args.malloc == "mmap":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    out = subprocess.run([sys.executable, __file__, "--one", config, "--device", args.device,
+                          "--threads", str(args.threads), "--iterations", str(args.iterations)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    ap = utils.parser(__doc__, threads=2, device="cpu", json="")
     ap.add_argument("--configs", default=DEFAULT, help="MODEL:CHANNELS:SIZE:IPC:SYN_STEPS:BATCH_SYN,… (0 = all)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=1, help="unroll + backward this many times in one process "
                                                                  "(the peak over all of them)")
     ap.add_argument("--malloc", choices=("mmap", "default"), default="mmap",
                     help="mmap: MALLOC_MMAP_THRESHOLD_=65536, freed tensors leave the resident set at once (the "
                          "model's calibration); default: glibc's own threshold, as in a normal run")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process
-    args = ap.parse_args()
-    if args.one:
-        import torch
+    return ap.parse_args(argv)
 
-        torch.set_num_threads(args.threads)
+
+def run(args) -> list[dict]:
+    if args.one:  # the child: one measurement, printed as JSON
+        utils.set_threads(args.threads)
         m, c, s, ipc, steps, batch = args.one.split(":")
         print(json.dumps(measure(m, int(c), int(s), int(ipc), int(steps), int(batch), args.device, args.iterations)))
-        return
+        return []
+    utils.print_header(malloc=args.malloc)
     print(f"| model, images | ipc | N | batch_syn | measured MiB ({args.malloc} malloc, {args.iterations} iterations) "
           "| graph MiB (`graph_bytes`) | estimate MiB (`extra_memory_bytes`) | graph / measured "
           "| estimate / measured |")
     print("|---|---|---|---|---|---|---|---|---|")
-    env = dict(os.environ)
-    if args.malloc == "mmap":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    else:
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    for cfg in args.configs.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", cfg, "--device", args.device,
-                              "--threads", str(args.threads), "--iterations", str(args.iterations)],
-                             env=env, capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = utils.RowWriter(args.json, peak_memory=False)
+    for config in utils.comma_list(args.configs):
+        r = rows.write({**measure_in_child(config, args), "malloc": args.malloc})
         print(f"| {r['model']}, {r['channels']}×{r['size']}×{r['size']} | {r['ipc']} | {r['syn_steps']} | "
               f"{r['batch_syn']} | {r['measured_mib']:.0f} | {r['graph_mib']:.0f} | {r['estimate_mib']:.0f} | "
               f"{r['graph_mib'] / max(r['measured_mib'], 1e-9):.2f} | "
               f"{r['estimate_mib'] / max(r['measured_mib'], 1e-9):.2f} |", flush=True)
+    return rows.rows
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())
