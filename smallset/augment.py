@@ -19,11 +19,13 @@ from kornia.geometry.conversions import denormalize_homography
 from kornia.geometry.transform import hflip, translate, warp_affine
 
 from smallset.errors import SmallsetError
-from smallset.registry import Registry
+from smallset.plugins import PluginRegistry
 
-# Training-time augmentations of the evaluation: name → factory(argument) → fn(x_normalised, generator) -> x.
-AUGMENTATIONS: Registry[Callable[[str | None], Callable[[torch.Tensor, torch.Generator], torch.Tensor]]] = \
-    Registry("augmentation")
+# Training-time augmentations of the evaluation: name → factory(argument) → fn(x_normalised, generator) -> x,
+# one module each in the plugin package smallset.augmentations (found on the first lookup; smallset.plugins).
+AugmentFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+AUGMENTATIONS: PluginRegistry[Callable[[str | None], AugmentFn]] = \
+    PluginRegistry("augmentation", plugins="smallset.augmentations")
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"
@@ -387,8 +389,11 @@ def crop_flip_augment(x: torch.Tensor, generator: torch.Generator, strategy: str
     return crop_flip(x, generator, crop=True, flip=True)
 
 
-def _factory(fn, validate=None):
-    def make(argument: str | None):
+def from_function(fn: Callable[[torch.Tensor, torch.Generator, str | None], torch.Tensor],
+                  validate: Callable[[str | None], object] | None = None) -> Callable[[str | None], AugmentFn]:
+    """An ``AUGMENTATIONS`` entry from ``fn(x, generator, argument)``: the factory checks the argument once
+    with ``validate`` (one sentence for a bad one) and returns ``fn`` with the argument bound."""
+    def make(argument: str | None) -> AugmentFn:
         if validate is not None:
             validate(argument)
         return lambda x, generator: fn(x, generator, argument)
@@ -396,17 +401,9 @@ def _factory(fn, validate=None):
     return make
 
 
-# name → factory(argument) → fn(x_normalised, generator) -> x. An evaluation names one as ``name`` or
-# ``name:argument`` (e.g. ``dsa:color_crop_cutout_flip_scale_rotate``, ``dc:crop_scale_rotate``).
-for _name, _fn, _check in (("dsa", dsa_augment, lambda a: parse_strategy(a) if a else None),
-                           ("dc", dc_augment, parse_dc_strategy),
-                           ("crop_flip", crop_flip_augment, None)):
-    if _name not in AUGMENTATIONS:
-        AUGMENTATIONS.register(_name)(_factory(_fn, _check))
-
-
-def get_augmentation(spec: str | None):
-    """``none``/``""`` → None; ``NAME`` or ``NAME:ARGUMENT`` → the augmentation function (validated)."""
+def get_augmentation(spec: str | None) -> AugmentFn | None:
+    """``none``/``""`` → None; ``NAME`` or ``NAME:ARGUMENT`` → the augmentation function (validated): it maps
+    a batch of normalised images and a CPU generator to the augmented batch (docs/adding-a-component.md)."""
     if spec is None or spec in ("", "none"):
         return None
     name, _, argument = spec.partition(":")

@@ -1,11 +1,11 @@
 """Data sources → one in-memory dataset type.
 
-Every source (`parquet:`, `torchvision:`, `folder:`, `builtin:`) is loaded into :class:`ImageDataset`:
-float32 images N×C×H×W in pixel scale (real images lie in [0, 1]), int64 labels, class names,
-per-channel mean and std (used to normalise for training), optional per-example weights, the index of
-each example in its source, and a content digest for provenance.
+Every source is loaded into :class:`ImageDataset`: float32 images N×C×H×W in pixel scale (real images lie in
+[0, 1]), int64 labels, class names, per-channel mean and std (used to normalise for training), optional
+per-example weights, the index of each example in its source, and a content digest for provenance.
 
-Source strings:
+A source string is ``KIND:ARGUMENT``. Each kind is a :class:`SourceKind` in the ``SOURCES`` registry, one
+module of the plugin package :mod:`smallset.sources` (found on the first lookup, :mod:`smallset.plugins`):
 - ``parquet:PATH``: a Parquet file in the Hugging Face image layout (an ``image`` struct with encoded
   bytes, a ``label`` column, class names in the ``huggingface`` schema metadata), a directory holding
   ``train.parquet``/``test.parquet``, or a reduced-dataset file written by :mod:`smallset.store`.
@@ -13,6 +13,7 @@ Source strings:
   (``data_root``; downloads when ``download=True``).
 - ``folder:PATH``: an ImageFolder tree, either ``train/`` and ``test/`` inside or a single split.
 - ``builtin:mnist-mini``: 500 train and 100 test images per class of MNIST, shipped with the package.
+This module keeps what the kinds share: the dataset type, image decoding, the Parquet readers, normalisation.
 """
 from __future__ import annotations
 
@@ -24,14 +25,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from smallset.errors import SmallsetError
-from smallset.registry import Registry
-
+from smallset.plugins import PluginRegistry
 
 
 @dataclass
@@ -193,7 +193,8 @@ def decode_images(blobs: list[bytes], what: str = "image") -> torch.Tensor:
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise SmallsetError(
-            f"The images of {what} differ in size or colour mode ({sorted(shapes)[:3]}…); resize them to one size first."
+            f"The images of {what} differ in size or colour mode ({sorted(shapes)[:3]}…); resize them to one size "
+            f"first."
         )
     stacked = np.stack(arrays)
     if stacked.ndim == 3:
@@ -233,7 +234,39 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 # --- sources --------------------------------------------------------------------------------------
-SOURCES: Registry[Callable[..., Source]] = Registry("source type")
+class SourceKind:
+    """A kind of source, ``KIND:ARGUMENT`` → :class:`Source`. Register the class with
+    ``@SOURCES.register(kind)`` in a module of :mod:`smallset.sources`; it is made with no arguments.
+
+    The contract (tests/test_sources.py checks every registered kind): a bad argument (a missing path, an
+    unknown name) is refused in one sentence before any download; the kind either writes a tiny dataset in its
+    own format (:meth:`write_example`) that loads back with the same pixels, labels and classes, or names an
+    ``example`` source string that loads offline."""
+
+    takes_path: ClassVar[bool] = False  # the argument is a local path: checked to exist before any run starts
+    example: ClassVar[str | None] = None  # an offline source string of this kind, when write_example is None
+
+    def load(self, argument: str, spec: str, data_root: str | os.PathLike | None = None,
+             download: bool = True) -> Source:
+        """Read the source ``spec`` (= ``KIND:argument``) into memory."""
+        raise NotImplementedError
+
+    def write_example(self, folder: Path, train: ImageDataset, test: ImageDataset) -> "SourceExample | None":
+        """Write ``train`` and ``test`` (8-bit pixels) under ``folder`` in this kind's format; how to load them."""
+        return None
+
+
+@dataclass(frozen=True)
+class SourceExample:
+    """A tiny dataset written by :meth:`SourceKind.write_example`: the source string, the class names it
+    loads with, and the extra arguments of :func:`load_source`."""
+
+    spec: str
+    classes: list[str]
+    load_kwargs: dict = field(default_factory=dict)
+
+
+SOURCES: PluginRegistry[type[SourceKind]] = PluginRegistry("source type", plugins="smallset.sources")
 
 
 def load_source(spec: str, data_root: str | os.PathLike | None = None, download: bool = True,
@@ -249,8 +282,8 @@ def load_source(spec: str, data_root: str | os.PathLike | None = None, download:
             f"torchvision:cifar10, folder:images/ or builtin:mnist-mini (types: {', '.join(SOURCES.names())})."
         )
     kind, arg = spec.split(":", 1)
-    loader = SOURCES.get(kind)
-    return normalize_source(loader(arg, spec=spec, data_root=data_root, download=download), normalization)
+    loaded = SOURCES.get(kind)().load(arg, spec=spec, data_root=data_root, download=download)
+    return normalize_source(loaded, normalization)
 
 
 def normalize_source(src: Source, normalization: str = "auto") -> Source:
@@ -290,8 +323,10 @@ def normalize_source(src: Source, normalization: str = "auto") -> Source:
     return Source(src.id, apply(src.train), apply(src.test))
 
 
-# parquet -------------------------------------------------------------------------------------------
-def _read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> ImageDataset:
+# Parquet readers (the parquet: and builtin: sources) -------------------------------------------------
+def read_hf_parquet(path: Path, spec: str, stats: tuple | None = None) -> ImageDataset:
+    """One split in the Hugging Face image layout, or a reduced-dataset file (its rows numbered from 0);
+    ``stats``: the (mean, std) to use instead of the split's own."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -402,7 +437,8 @@ def table_to_dataset(table, meta: dict, path: Path | str = "", name: str = "") -
     shape = meta.get("shape") if isinstance(meta, dict) else None
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and 0 < v <= 1 << 16 for v in shape)
             and all(isinstance(meta.get(k), list) and len(meta[k]) == shape[0]
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in meta[k]) for k in ("mean", "std"))):
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in meta[k])
+                    for k in ("mean", "std"))):
         raise SmallsetError(f"The smallset metadata of {path} is damaged (shape, mean or std); it cannot be read.")
     try:
         ds = _table_to_dataset(table, meta, path, name)
@@ -454,140 +490,3 @@ def _table_to_dataset(table, meta: dict, path: Path | str, name: str) -> ImageDa
         name=name or f"parquet:{path}",
         meta=meta,
     )
-
-
-@SOURCES.register("parquet")
-def _parquet_source(arg: str, spec: str, **_) -> Source:
-    path = Path(arg).expanduser()
-    if not path.exists():
-        raise SmallsetError(f"No such file or directory: {path}; give an existing Parquet file or directory.")
-    if path.is_dir():
-        train_p, test_p = path / "train.parquet", path / "test.parquet"
-        if not train_p.exists():
-            raise SmallsetError(f"{path} is a directory without train.parquet; point at a file or such a directory.")
-        train = _read_hf_parquet(train_p, spec)
-        test = _read_hf_parquet(test_p, spec, stats=(train.mean, train.std)) if test_p.exists() else None
-        return Source(spec, train, test)
-    ds = _read_hf_parquet(path, spec)
-    test = None
-    sibling = path.with_name("test.parquet")
-    if path.name == "train.parquet" and sibling.exists():
-        test = _read_hf_parquet(sibling, spec, stats=(ds.mean, ds.std))
-    elif ds.meta.get("source"):
-        # A reduced dataset: its test split is the test split of the source it was made from.
-        try:
-            parent = load_source(ds.meta["source"])
-            test = parent.test
-        except SmallsetError:
-            test = None
-    return Source(spec, ds, test)
-
-
-@SOURCES.register("builtin")
-def _builtin_source(arg: str, spec: str, **_) -> Source:
-    from importlib.resources import as_file, files
-
-    folder = files("smallset.builtin")
-    known = sorted({p.name.rsplit("-", 1)[0] for p in folder.iterdir() if p.name.endswith("-train.parquet")})
-    if arg not in known:
-        raise SmallsetError(f"Unknown builtin dataset {arg!r}; builtin datasets: {', '.join(known) or 'none'}.")
-    with as_file(folder / f"{arg}-train.parquet") as train_path, as_file(folder / f"{arg}-test.parquet") as test_path:
-        train = _read_hf_parquet(Path(train_path), spec)
-        test = _read_hf_parquet(Path(test_path), spec, stats=(train.mean, train.std))
-    return Source(spec, train, test)
-
-
-# folder --------------------------------------------------------------------------------------------
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def _read_image_folder(root: Path, spec: str, classes: list[str] | None = None, stats=None) -> ImageDataset:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    names = classes or [p.name for p in class_dirs]
-    if not class_dirs:
-        raise SmallsetError(f"{root} has no class sub-directories; an image folder holds one directory per class.")
-    blobs, labels = [], []
-    for d in class_dirs:
-        if d.name not in names:
-            raise SmallsetError(f"Class directory {d} does not exist in the training split.")
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                blobs.append(f.read_bytes())
-                labels.append(names.index(d.name))
-    if not blobs:
-        raise SmallsetError(f"No image files under {root}.")
-    images = decode_images(blobs, what=str(root))
-    mean, std = stats if stats is not None else channel_stats(images)
-    return ImageDataset(images, torch.tensor(labels), names, mean, std, encoded=blobs, name=spec,
-                        source_index=torch.arange(len(labels)))
-
-
-@SOURCES.register("folder")
-def _folder_source(arg: str, spec: str, **_) -> Source:
-    root = Path(arg).expanduser()
-    if not root.is_dir():
-        raise SmallsetError(f"No such directory: {root}; folder: needs an ImageFolder tree.")
-    if (root / "train").is_dir():
-        train = _read_image_folder(root / "train", spec)
-        test = None
-        if (root / "test").is_dir():
-            test = _read_image_folder(root / "test", spec, classes=train.classes, stats=(train.mean, train.std))
-        return Source(spec, train, test)
-    return Source(spec, _read_image_folder(root, spec))
-
-
-# torchvision ---------------------------------------------------------------------------------------
-TORCHVISION_SETS = {
-    # name: (class, split keyword style)
-    "mnist": ("MNIST", "train"),
-    "fashion_mnist": ("FashionMNIST", "train"),
-    "cifar10": ("CIFAR10", "train"),
-    "cifar100": ("CIFAR100", "train"),
-    "svhn": ("SVHN", "split"),
-}
-
-
-def _tv_split(name: str, root: str, train: bool, download: bool):
-    import torchvision
-
-    cls_name, style = TORCHVISION_SETS[name]
-    cls = getattr(torchvision.datasets, cls_name)
-    kw = {"train": train} if style == "train" else {"split": "train" if train else "test"}
-    try:
-        return cls(root=root, download=download, **kw)
-    except (RuntimeError, OSError) as e:
-        raise SmallsetError(
-            f"Could not load torchvision {name} from {root} ({e}); pass --data-root where it is stored, "
-            f"or run online so it can be downloaded."
-        ) from None
-
-
-def _tv_to_tensor(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    data = ds.data
-    data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
-    if data.ndim == 3:  # N×H×W grey
-        data = data[:, None]
-    elif data.shape[-1] == 3:  # N×H×W×C
-        data = data.transpose(0, 3, 1, 2)
-    labels = getattr(ds, "targets", None)
-    if labels is None:
-        labels = ds.labels
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    return torch.from_numpy(np.ascontiguousarray(data)).float().div_(255.0), labels
-
-
-@SOURCES.register("torchvision")
-def _torchvision_source(arg: str, spec: str, data_root=None, download: bool = True, **_) -> Source:
-    name = arg.lower()
-    if name not in TORCHVISION_SETS:
-        raise SmallsetError(f"Unknown torchvision dataset {arg!r}; supported: {', '.join(TORCHVISION_SETS)}.")
-    root = str(data_root or os.environ.get("SMALLSET_DATA_ROOT", "~/.cache/smallset/torchvision"))
-    root = os.path.expanduser(root)
-    tr, te = _tv_split(name, root, True, download), _tv_split(name, root, False, download)
-    xtr, ytr = _tv_to_tensor(tr)
-    xte, yte = _tv_to_tensor(te)
-    classes = [str(c) for c in getattr(tr, "classes", [])] or [str(i) for i in range(int(ytr.max()) + 1)]
-    mean, std = channel_stats(xtr)
-    train = ImageDataset(xtr, ytr, classes, mean, std, name=spec, source_index=torch.arange(len(ytr)))
-    test = ImageDataset(xte, yte, classes, mean, std, name=spec)
-    return Source(spec, train, test)

@@ -2,8 +2,9 @@
 
 A fresh model is trained on a reduced set (per-example weights scale the loss: Σ wᵢ·ℓᵢ / Σ wᵢ per batch)
 and tested on the source's full test split, over ``runs`` seeds: mean ± std of test accuracy, plus training
-seconds. Presets: ``paper``/``paper-1000`` (the condensation papers' routine), ``quick`` (CPU-sized) and
-``demo``.
+seconds. The presets, schedules and optimisers are registries in :mod:`smallset.protocols` (``paper``/
+``paper-1000``: the condensation papers' routine, ``deepcore``, ``quick`` (CPU-sized) and ``demo``), re-exported
+here.
 
 Rationale and the papers' recipe: docs/methods/evaluation.md.
 """
@@ -11,91 +12,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.augment import get_augmentation
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.augment import get_augmentation
 from smallset.interrupt import check_stop
 from smallset.models import seeded_model
-from smallset.registry import Registry
-
-
-
-SCHEDULES = ("reference", "half", "cosine", "constant")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """An evaluation recipe: how a fresh network is trained on a reduced set.
-
-    ``schedule``: ``reference`` is the condensation papers' ``evaluate_synset`` exactly: E+1 passes over
-    the data (loop index 0..E), the lr ×0.1 with a fresh optimiser after pass index E//2+1; ``half`` trains
-    E passes and decays the same way after pass index E//2; ``cosine`` anneals to 0 per step;
-    ``constant`` keeps the lr. ``augment`` names a training-time augmentation (``smallset.augment``),
-    e.g. ``dsa:color_crop_cutout_flip_scale_rotate`` or ``dc:crop_scale_rotate``.
-    """
-
-    name: str
-    epochs: int
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    min_steps: int = 0
-    schedule: str = "half"
-    augment: str = "none"
-    nesterov: bool = False
-
-    def epochs_for(self, n: int) -> int:
-        """Passes over a training set of ``n`` examples."""
-        steps_per_epoch = max(1, math.ceil(n / self.batch_size))
-        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
-        return epochs + 1 if self.schedule == "reference" else epochs
-
-    def decay_after(self, n: int) -> int | None:
-        """The pass index after which the lr drops ×0.1 (step schedules), else None."""
-        if self.schedule == "reference":  # E = the passes minus one, min_steps included
-            return (self.epochs_for(n) - 1) // 2 + 1
-        if self.schedule == "half":
-            return self.epochs_for(n) // 2
-        return None
-
-    def describe(self) -> str:
-        aug = "" if self.augment == "none" else f", augment {self.augment}"
-        return (f"{self.name}: {self.epochs} epochs ({self.schedule} schedule), SGD lr {self.lr:g} momentum "
-                f"{self.momentum:g} wd {self.weight_decay:g}, batch {self.batch_size}{aug}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PROTOCOLS: Registry[Protocol] = Registry("protocol")
-PROTOCOLS.register("paper")(Protocol("paper", epochs=300, schedule="reference"))
-PROTOCOLS.register("paper-1000")(Protocol("paper-1000", epochs=1000, schedule="reference"))
-# DeepCore's coreset evaluation (ResNet-18 on CIFAR in its paper): SGD 0.1, Nesterov momentum 0.9, wd 5e-4,
-# batch 128, cosine annealing, 200 epochs.
-PROTOCOLS.register("deepcore")(Protocol("deepcore", epochs=200, lr=0.1, batch_size=128, schedule="cosine",
-                                        nesterov=True))
-PROTOCOLS.register("quick")(Protocol("quick", epochs=20, batch_size=128, min_steps=200))
-PROTOCOLS.register("demo")(Protocol("demo", epochs=8, batch_size=128, min_steps=200))
-
-
-def get_protocol(name: str, augment: str | None = None, epochs: int | None = None) -> Protocol:
-    p = PROTOCOLS.get(name)
-    if augment is not None and augment != "none":
-        get_augmentation(augment)  # validates the name and its argument
-        p = replace(p, augment=augment)
-    if epochs is not None:
-        if epochs < 1:
-            raise SmallsetError("eval_epochs must be at least 1.", option="eval_epochs")
-        p = replace(p, epochs=epochs, min_steps=0)
-    return p
+from smallset.protocols import OPTIMIZERS, PROTOCOLS, SCHEDULES, Protocol, get_protocol  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -151,14 +80,10 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1) if augment else None  # CPU: same draws on any device
     epochs = protocol.epochs_for(len(train))
-    decay_after = protocol.decay_after(len(train))
-
-    def make_opt(lr):
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum,
-                               weight_decay=protocol.weight_decay, nesterov=protocol.nesterov)
-
-    opt = make_opt(protocol.lr)
-    total_steps = epochs * max(1, math.ceil(len(train) / protocol.batch_size))
+    total_steps = epochs * protocol.steps_per_epoch(len(train))
+    schedule, optimizer = protocol.schedule_rule(), protocol.optimizer_rule()
+    restart_after = schedule.decay_after(epochs)
+    opt = optimizer.make(model.parameters(), protocol, schedule.lr(protocol.lr, 0, total_steps, 0, epochs))
     step = 0
     losses = []
     iterator = range(epochs)
@@ -181,9 +106,8 @@ def fit(
             loss = weighted_cross_entropy(model(xb), y[idx], None if w is None else w[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if protocol.schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = 0.5 * protocol.lr * (1 + math.cos(math.pi * step / total_steps))
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr(protocol.lr, step, total_steps, ep, epochs)
             opt.step()
             step += 1
             total += float(loss.detach()) * len(idx)
@@ -202,8 +126,9 @@ def fit(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
             on_epoch(ep, losses[-1])
-        if decay_after is not None and ep == decay_after:
-            opt = make_opt(protocol.lr * 0.1)
+        if ep == restart_after:  # a fresh optimiser (momentum reset) at the next step's lr
+            opt = optimizer.make(model.parameters(), protocol,
+                                 schedule.lr(protocol.lr, step, total_steps, ep + 1, epochs))
     return losses
 
 
@@ -232,13 +157,15 @@ def evaluate(
     model_kwargs: dict | None = None,
     progress: bool = False,
 ) -> EvalResult:
-    """Train ``runs`` fresh models (seeds seed, seed+1, …) on ``train``; test accuracy on ``test``."""
+    """Train ``runs`` fresh models on ``train`` (run r seeds its weights and batch order with
+    ``seed * 1000 + r``); test accuracy on ``test``."""
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
     if runs < 1:
         raise SmallsetError("eval_runs must be at least 1.", option="eval_runs")
     if test is None:
-        raise SmallsetError("This source has no test split to evaluate on; pass a source with one, or use no_eval.", option="no_eval")
+        raise SmallsetError("This source has no test split to evaluate on; pass a source with one, or use no_eval.",
+                            option="no_eval")
     if (train.channels, train.image_size) != (test.channels, test.image_size):
         raise SmallsetError("The reduced set and the test split have different image shapes.")
     accs, secs = [], []
