@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from smallset import tracking
+from smallset.comparison import GAIN_METRIC, REFERENCE_KINDS, budget_label, has_spread
 from smallset.errors import SmallsetError
 from smallset.safenames import markdown_text, safe_filename
 
@@ -80,11 +81,6 @@ def accuracies(metrics: dict, models: list[str]) -> dict[str, tuple[float, float
     return acc
 
 
-def budget_label(kind: str, params: dict) -> str:
-    return (f"ipc={params.get('ipc')}" if kind == "distill" else
-            f"fraction={float(params['fraction']):g}" if params.get("fraction") not in (None, "None") else "fraction=1")
-
-
 def run_row(run) -> dict:
     """One report row from one child run."""
     m, p, t = run.data.metrics, run.data.params, run.data.tags
@@ -96,7 +92,7 @@ def run_row(run) -> dict:
         "run_id": run.info.run_id, "method": t.get("method", p.get("method", "?")), "kind": kind,
         "budget": budget_label(kind, p), "seed": p.get("seed"), "n_examples": int(m.get("n_examples", 0)),
         "accuracy": accuracies(m, eval_models(p)), "runs": int(m.get("eval_runs", 0)),
-        "gain": m.get("gain_over_random"),
+        "gain": m.get(GAIN_METRIC),
         "selection_seconds": sel, "train_seconds": train, "total_seconds": sel + train,
         "output": t.get("smallset.output"),
     }
@@ -164,11 +160,15 @@ def scored_rows(rows: list[dict], models: list[str]) -> list[tuple[dict, tuple[f
     return [(r, a) for r, a in scored if a is not None]
 
 
+KIND_STYLES = {"prune": {"marker": "o", "linestyle": "-"}, "distill": {"marker": "s", "linestyle": "--"}}
+OTHER_KIND_MARKER = "*"  # a run of a kind without a style (full data) in the compute plot
+
+
 def accuracy_vs_images(scored: list[tuple[dict, tuple[float, float]]], models: list[str]) -> bytes:
     """Accuracy against images kept (log scale): a line per method and kind, full data as a horizontal line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for kind, marker in (("prune", "o"), ("distill", "s")):
+    for kind, style in KIND_STYLES.items():
         for method in sorted({r["method"] for r, _ in scored if r["kind"] == kind}):
             # one point per budget: the mean over seeds, error bar the spread over seeds (or the
             # evaluation std when there is one seed)
@@ -180,10 +180,9 @@ def accuracy_vs_images(scored: list[tuple[dict, tuple[float, float]]], models: l
             ys = [100 * float(np.mean([a[0] for a in by_n[n]])) for n in xs]
             es = [100 * (float(np.std([a[0] for a in by_n[n]])) if len(by_n[n]) > 1 else by_n[n][0][1])
                   for n in xs]
-            ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle="-" if kind == "prune" else "--", capsize=3,
-                        label=f"{method} ({kind})")
+            ax.errorbar(xs, ys, yerr=es, **style, capsize=3, label=f"{method} ({kind})")
     for r, a in scored:
-        if r["kind"] == "full":
+        if r["kind"] in REFERENCE_KINDS:
             ax.axhline(100 * a[0], color="k", linestyle=":", label=f"full data ({r['n_examples']} images)")
             break
     ax.set_xscale("log")
@@ -201,7 +200,7 @@ def accuracy_vs_seconds(scored: list[tuple[dict, tuple[float, float]]]) -> bytes
     fig, ax = plt.subplots(figsize=(7, 4.2))
     pts = [(max(r["total_seconds"], 1e-3), 100 * a[0]) for r, a in scored]
     for (r, _), (x, y) in zip(scored, pts):
-        ax.scatter(x, y, marker={"prune": "o", "distill": "s"}.get(r["kind"], "*"), s=40)
+        ax.scatter(x, y, marker=KIND_STYLES.get(r["kind"], {}).get("marker", OTHER_KIND_MARKER), s=40)
         ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r-", alpha=0.6, label="Pareto front")
@@ -263,6 +262,19 @@ def image_grid(row: dict) -> bytes | None:
     return _artifact_bytes(row["run_id"], "grid.png")
 
 
+def run_score_histogram(row: dict) -> bytes | None:
+    """The histogram of a pruned run's scores, when its selector logged them."""
+    scores = run_scores(row)
+    return None if scores is None else score_histogram(scores, row["method"], row["seed"])
+
+
+RUN_FIGURES = {  # per kind: a run's figure file name (names from tags: no '/' or markup) and how it is drawn
+    "prune": (lambda r: f"scores_{safe_filename(r['method'])}.png", lambda r: run_score_histogram(r)),
+    "distill": (lambda r: f"grid_{safe_filename(r['method'])}_{safe_filename(r['budget'])}.png",
+                lambda r: image_grid(r)),  # looked up when drawn (tests replace the module's functions)
+}
+
+
 def figures(rows: list[dict], models: list[str]) -> dict[str, bytes]:
     """Every figure of the report, by file name, in the order the report shows them: accuracy against images
     and against compute, per-class counts, then per run a score histogram (the first pruned run of each ranking
@@ -277,16 +289,12 @@ def figures(rows: list[dict], models: list[str]) -> dict[str, bytes]:
     if counts:
         figs["per_class_counts.png"] = per_class_counts(counts)
     for r in rows:
-        name = f"scores_{safe_filename(r['method'])}.png"  # names from tags: no '/' or markup
-        if r["kind"] == "prune" and name not in figs:
-            scores = run_scores(r)
-            if scores is not None:
-                figs[name] = score_histogram(scores, r["method"], r["seed"])
-        name = f"grid_{safe_filename(r['method'])}_{safe_filename(r['budget'])}.png"
-        if r["kind"] == "distill" and name not in figs:
-            grid = image_grid(r)
-            if grid is not None:
-                figs[name] = grid
+        if r["kind"] not in RUN_FIGURES:
+            continue
+        name_of, draw = RUN_FIGURES[r["kind"]]
+        name = name_of(r)
+        if name not in figs and (png := draw(r)) is not None:
+            figs[name] = png
     return figs
 
 
@@ -317,13 +325,10 @@ def _artifact_array(run_id: str, name: str):
 
 
 # --- rendering -----------------------------------------------------------------------------------------
-MIN_RUNS_FOR_SPREAD = 3  # a ± only over at least this many evaluation runs
-
-
 def _accuracy_cell(acc: tuple[float, float] | None, runs: int) -> str:
     if acc is None:
         return "–"
-    return f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}" if runs >= MIN_RUNS_FOR_SPREAD else f"{100 * acc[0]:.2f}"
+    return f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}" if has_spread(runs) else f"{100 * acc[0]:.2f}"
 
 
 def table_rows(rows: list[dict], models: list[str]) -> tuple[list[str], list[list[str]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-MIN_RUNS_FOR_SPREAD = 3  # a ± is printed only over at least this many evaluation runs
+from smallset import comparison
 
 COLUMNS = [
     ("method", "method"), ("kind", "kind"), ("budget", "budget"), ("n_examples", "images"),
@@ -23,7 +23,7 @@ SUMMARY_COLUMNS = [
 def _fmt(key: str, v, row: dict | None = None) -> str:
     if v is None:
         return "–"
-    if key.startswith("test_accuracy_std") and row is not None and (row.get("eval_runs") or 0) < MIN_RUNS_FOR_SPREAD:
+    if key.startswith("test_accuracy_std") and row is not None and not comparison.has_spread(row.get("eval_runs")):
         return "–"  # one or two runs: no spread to show
     if key.startswith("test_accuracy") or key in ("accuracy", "accuracy_std", "gain", "gain_se"):
         return f"{100 * v:+.2f}" if key == "gain" else f"{100 * v:.2f}"
@@ -51,64 +51,22 @@ def format_summary(summary: list[dict]) -> str:
     return _render(SUMMARY_COLUMNS, summary)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-
-
 def summarize(rows: list[dict]) -> list[dict]:
     """Per method and budget: accuracy pooled over seeds and evaluation runs (± the sample std over them,
-    shown from 3 runs), and the gain over random at the same number of images on the same seeds and recipe
-    (± the standard error of the difference of means). Full-data rows are kept as they are."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        trained = r.get("method_test_accuracy") is not None  # a training-time method: judged by its own model
-        # a training-time method's group is its schedule (rows of several schedules stay apart), else its images
-        size_or_schedule = ("schedule", r.get("method_schedule")) if trained else r["n_examples"]
-        groups.setdefault((r["method"], r["kind"], r["budget"], size_or_schedule), []).append(r)
-    out = []
-    for (method, kind, budget, size_or_schedule), members in groups.items():
-        trained = isinstance(size_or_schedule, tuple)
-        n = None if trained else size_or_schedule
-        accs = [a for r in members for a in _accuracies(r)]
-        mean, std = _mean_std(accs)
-        row = {"method": method, "kind": kind, "budget": budget,
-               "n_examples": members[0]["n_examples"] if not trained else
-               round(sum(r["n_examples"] for r in members) / len(members)),
-               "steps": members[0].get("method_steps") or members[0].get("eval_steps"),
-               "judged_by": "its own training" if trained else "the evaluation recipe",
-               "seeds": len({r["seed"] for r in members}), "runs": len(accs), "accuracy": mean,
-               "accuracy_std": std if len(accs) >= MIN_RUNS_FOR_SPREAD else None, "gain": None, "gain_se": None}
-        if trained:  # against random subsets at the same step budget and schedule
-            baseline = (groups.get(("random_steps", "prune", budget, size_or_schedule))
-                        if method != "random_steps" else None)
-        else:  # against random subsets of the same number of images, retrained with the same recipe
-            baseline = groups.get(("random", "prune", _random_budget(groups, n), n)) if method != "random" else None
-        if baseline and mean is not None and kind != "full":
-            seeds = {r["seed"] for r in members}
-            base = [a for r in baseline if r["seed"] in seeds for a in _accuracies(r)]
-            b_mean, b_std = _mean_std(base)
-            if b_mean is not None:
-                row["gain"] = mean - b_mean
-                if len(accs) >= MIN_RUNS_FOR_SPREAD and len(base) >= MIN_RUNS_FOR_SPREAD:
-                    row["gain_se"] = (std ** 2 / len(accs) + b_std ** 2 / len(base)) ** 0.5
-        out.append(row)
-    return out
+    shown from 3 runs), and the gain over the baseline ``smallset.comparison`` names (random subsets at the same
+    number of images, same seeds and recipe; for a training-time method, random subsets at the same budget and
+    schedule) ± the standard error of the difference of means. Full-data rows get no gain."""
+    return [{"method": g.method, "kind": g.kind, "budget": g.budget,
+             "n_examples": _images(g.members),
+             "steps": g.members[0].get("method_steps") or g.members[0].get("eval_steps"),
+             "judged_by": g.role.judged_by, "seeds": len(g.seeds), "runs": len(g.accuracies), "accuracy": g.mean,
+             "accuracy_std": g.spread, "gain": g.gain, "gain_se": g.gain_se} for g in comparison.groups(rows)]
 
 
-def _accuracies(row: dict) -> list[float]:
-    """A training-time method's own model accuracy, else every evaluation run's accuracy."""
-    if row.get("method_test_accuracy") is not None:
-        return [row["method_test_accuracy"]]
-    return row.get("test_accuracies") or ([row["test_accuracy"]] if row.get("test_accuracy") is not None else [])
-
-
-def _random_budget(groups: dict, n: int) -> str | None:
-    return next((budget for (m, _, budget, images) in groups if m == "random" and images == n), None)
+def _images(members: list[dict]) -> int:
+    """The group's number of images: the same on every seed, else (a training-time method's) rounded mean."""
+    sizes = [r["n_examples"] for r in members]
+    return sizes[0] if len(set(sizes)) == 1 else round(sum(sizes) / len(sizes))
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
