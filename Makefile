@@ -1,17 +1,18 @@
 # Two commands: `make demo` and `make test`. Both create .venv with pip on first use.
-# `make test-fast` runs only the unit tests (no Prefect server, browser, Dask or extra processes).
+# `make test-fast` runs only the unit tests (no Prefect server, browser, Dask or extra processes);
+# `make lint` runs ruff (configured in pyproject.toml), and `make test` runs it before the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # PyTorch is installed first and explicitly: pip then takes it from a local wheel where one exists
-# (see DEVELOPERS.md) instead of resolving a CUDA build through the dependency graph.
+# (a wheel directory in pip's own configuration) instead of resolving a CUDA build through the dependency graph.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: venv demo test test-fast test-server test-browser clean
+.PHONY: venv demo lint test test-fast test-server test-browser clean
 
 venv: $(VENV)/.installed
 
@@ -25,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/smallset demo
 
-test: venv browser
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv browser lint
 	$(BIN)/python -m pytest -q
 
 # Markers (pyproject.toml): server, browser, dask, multiprocess, slow; unmarked tests are unit tests.

@@ -1,4 +1,5 @@
-"""Model registry: ``convnet`` (ConvNet-3 of the condensation papers), ``mlp``, ``lenet``, ``resnet18``.
+"""Model registry: ``convnet`` (ConvNet-3 of the condensation papers), ``convnet-s`` (the same at width 32, for
+CPU demos and tests), ``mlp``, ``lenet``, ``resnet18``.
 
 Every model takes normalised N×C×H×W images and returns logits, and exposes ``embed(x)``: the
 penultimate features (what herding, k-center and DM work on) and ``classifier`` (the last linear layer,
@@ -270,7 +271,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
         raise SmallsetError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SmallsetError("device cuda was asked for, but no CUDA GPU is available; use device cpu or auto.", option="device")
+        raise SmallsetError("device cuda was asked for, but no CUDA GPU is available; use device cpu or auto.",
+                            option="device")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise SmallsetError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA "
                             f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.", option="device")

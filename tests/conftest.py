@@ -27,11 +27,24 @@ from helpers import make_tiny_dataset, make_tiny_parquet, tiny_compare_kwargs  #
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: tiny tensors gain nothing from intra-op threads, and on a busy 2-core
-    machine they cost 3-5× (OpenMP oversubscription). Modules opt in with ``pytest.mark.usefixtures``."""
+    machine they cost 3-5× (OpenMP oversubscription). Every unit test gets it (``_unit_tests_use_one_thread``);
+    a marked test can still ask for it by name."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def is_unit_test(item: pytest.Item) -> bool:
+    """Unit tests are the unmarked ones: no marker of pyproject.toml's list (server, browser, dask, ...)."""
+    categories = {line.split(":", 1)[0].strip() for line in item.config.getini("markers")}
+    return not any(item.get_closest_marker(name) for name in categories)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_use_one_thread(request):
+    if is_unit_test(request.node):
+        request.getfixturevalue("one_thread")
 
 
 @pytest.fixture

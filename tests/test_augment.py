@@ -6,13 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from smallset.augment import (
+    AUGMENTATIONS,
+    DEFAULT_STRATEGY,
+    DSA,
+    FAMILIES,
+    DSAParams,
+    default_strategy,
+    get_augmentation,
+)
 from smallset.errors import SmallsetError
-from smallset.augment import AUGMENTATIONS, get_augmentation
 from smallset.train import fit, get_protocol
-from smallset.augment import DEFAULT_STRATEGY, DSA, FAMILIES, DSAParams, default_strategy, dsa_augment
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def gen(seed=0):

@@ -3,8 +3,8 @@
 Screenshots are kept in $SMALLSET_SCREENSHOTS when set (else in the test's temporary directory).
 """
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import tracking
+
 import browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]  # the shared tiny compare runs through Prefect's test server
@@ -81,7 +82,8 @@ def test_mlflow_ui_compares_the_runs_of_a_compare(tiny_compare, shots):
         # the experiment opens on its runs ("Model training"), not on the GenAI traces overview
         exp = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}",
                                                timeout=30))["experiment"]
-        assert {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.experimentKind"] == "custom_model_development"
+        assert {t["key"]: t["value"] for t in exp.get("tags",
+                                                      [])}["mlflow.experimentKind"] == "custom_model_development"
         runs_url = tracking.experiment_url(base, exp_id)
         png = browser.screenshot(runs_url, str(shots / "mlflow-experiment.png"), size="1400,1000", wait_ms=20000)
         assert browser.png_is_not_blank(png)

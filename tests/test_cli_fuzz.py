@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 
 from smallset.data import encode_png
 from smallset.flows.cli import main
-from helpers import make_tiny_dataset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers import make_tiny_dataset
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -1,4 +1,3 @@
-import io
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,6 +7,7 @@ from PIL import Image
 
 from smallset.data import ImageDataset, channel_stats, load_source
 from smallset.errors import SmallsetError
+
 from helpers import make_tiny_dataset, write_hf_parquet
 
 

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import store, tracking
+
 from browser import free_port
 
 # a real `prefect server start`, `prefect deploy --all` and a worker, each its own process

@@ -8,12 +8,10 @@ from smallset.distill.base import CONDENSERS
 from smallset.distill.cafe import CAFEConfig
 from smallset.distill.dc import DCConfig
 from smallset.distill.dsa import DSAConfig
+
 from helpers import straight_and_resumed
 
 N, HALF = 4, 2
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def ctx(**kw):

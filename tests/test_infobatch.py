@@ -14,10 +14,16 @@ from smallset.models import seeded_model
 from smallset.prune import infobatch
 from smallset.prune.base import SELECTORS
 from smallset.prune.crest import CrestConfig
-from smallset.prune.infobatch import (InfoBatchConfig, InfoBatchSelector, _InfoBatch, anneal_epoch,
-                                      is_pruning_epoch, prune_plan, run_epochs, schedule_epoch)
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from smallset.prune.infobatch import (
+    InfoBatchConfig,
+    InfoBatchSelector,
+    _InfoBatch,
+    anneal_epoch,
+    is_pruning_epoch,
+    prune_plan,
+    run_epochs,
+    schedule_epoch,
+)
 
 
 def cfg(**kw):
@@ -111,7 +117,7 @@ def test_run_records_raw_losses_and_uses_the_rescaled_loss(tiny_dataset, monkeyp
     weights = torch.cat([w for w, _ in seen])
     assert torch.equal(weights, plan_w)  # the plan's weights reach the loss, in the plan's order
     assert sorted(weights.tolist()) == [1.0] * 5 + [2.0] * 3
-    raw = torch.cat([l for _, l in seen])
+    raw = torch.cat([losses for _, losses in seen])
     assert torch.equal(run.scores[plan_order], raw)  # H ← the raw losses, not the weighted ones
     skipped = torch.tensor([i for i in range(12) if i not in plan_order.tolist()])
     assert torch.equal(run.scores[skipped], scripted[skipped])  # unvisited examples keep their H

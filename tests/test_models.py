@@ -18,7 +18,9 @@ def test_every_model_runs_on_mnist_and_cifar_shapes(name, shape):
 
 
 def test_convnet_matches_the_papers_parameter_counts():
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
     assert count(create_model("convnet", 3, 10, (32, 32))) == 320_010
     assert count(create_model("convnet", 1, 10, (28, 28))) == 317_706
     assert count(create_model("convnet", 3, 100, (32, 32))) == 504_420

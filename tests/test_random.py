@@ -3,7 +3,8 @@ import torch
 
 from smallset.context import RunContext
 from smallset.errors import SmallsetError
-from smallset.prune.base import SELECTORS, class_budgets, check_fraction
+from smallset.prune.base import SELECTORS, check_fraction, class_budgets
+
 from helpers import make_tiny_dataset
 
 

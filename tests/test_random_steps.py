@@ -1,5 +1,4 @@
 """random_steps: CREST's step budget and schedule on fresh random subsets, and compare's use of it."""
-import pytest
 import torch
 
 from smallset.context import RunContext

@@ -4,11 +4,12 @@ import torch
 
 from smallset import estimate
 from smallset.errors import SmallsetError
-from smallset.report import pareto_front
-from smallset.train import EvalResult
 from smallset.options import RunOptions
+from smallset.report import pareto_front
 from smallset.tasks import record, runners, steps
 from smallset.tasks.spec import Budget, resolve_cell
+from smallset.train import EvalResult
+
 from helpers import make_tiny_dataset
 
 
@@ -43,7 +44,9 @@ def test_bad_runner_arguments(args, message):
 
 
 def test_cross_architecture_matrix_columns():
-    e = lambda m, a: EvalResult("quick", m, [a, a], [1.0, 2.0], 5)
+    def e(model, acc):
+        return EvalResult("quick", model, [acc, acc], [1.0, 2.0], 5)
+
     cols = record.accuracy_columns({"convnet": e("convnet", 0.9), "mlp": e("mlp", 0.7)})
     assert cols["test_accuracy"] == pytest.approx(0.9) and cols["test_accuracy/convnet"] == pytest.approx(0.9)
     assert cols["test_accuracy/mlp"] == pytest.approx(0.7)

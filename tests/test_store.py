@@ -7,6 +7,7 @@ import torch
 from smallset import store
 from smallset.data import load_source
 from smallset.errors import SmallsetError
+
 from helpers import make_tiny_dataset
 
 

@@ -18,8 +18,6 @@ from smallset.distill.dm import DMConfig
 from smallset.distill.dsa import DSAConfig
 from smallset.models import ConvNet, _AvgPool2, avg_pool2, create_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
-
 
 def ctx(**kw):
     return RunContext(seed=0, model="convnet-s", model_kwargs={"width": 8, "depth": 2}, **kw)

@@ -3,6 +3,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from smallset import store, tracking
+
 from helpers import tiny_compare_kwargs
 
 pytestmark = [pytest.mark.dask, pytest.mark.server, pytest.mark.slow]
