@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-from smallset.distill.base import CONDENSERS, Condenser, Synthetic, register_condenser  # noqa: F401
+from smallset.distill.base import CONDENSERS, Condenser, IterativeCondenser, Synthetic, register_condenser  # noqa: F401
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base" and not _m.name.startswith("_"):

@@ -88,7 +88,8 @@ class ExpertBuffer:
 
     def load(self, i: int) -> torch.Tensor:
         """Expert ``i``'s trajectory, (epochs+1)×P float32 on the CPU, memory-mapped."""
-        return load_expert(self.file(i), self.manifest.get("epochs"), self.manifest.get("parameter_count"))["trajectory"]
+        return load_expert(self.file(i), self.manifest.get("epochs"),
+                           self.manifest.get("parameter_count"))["trajectory"]
 
 
 def expert_name(i: int) -> str:

@@ -3,19 +3,19 @@ inner-loop training on the synthetic set, BatchNorm freezing, and the run state 
 Not a condenser: registers nothing."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.augment import parse_strategy
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.augment import parse_strategy
+from smallset.distill._streaming import PixelRows, chunk_for, chunks, keep_freed_memory
+from smallset.distill.base import Condenser, init_synthetic
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.distill.base import Condenser, init_synthetic
-from smallset.distill._streaming import PixelRows, chunk_for, chunks, keep_freed_memory
 
 # Real images per class forwarded to set the BatchNorm statistics before matching (reference: BNSizePC).
 BN_IMAGES_PER_CLASS = 16
@@ -94,19 +94,9 @@ def freeze_batchnorm(net: nn.Module, sampler: RealSampler, generator: torch.Gene
         m.eval()
 
 
-def check_positive(cfg, names: Sequence[str], allow_zero: Sequence[str] = ()) -> None:
-    for name in names:
-        v = getattr(cfg, name)
-        if v < 0 or (v == 0 and name not in allow_zero):
-            bound = "at least 0" if name in allow_zero else "positive"
-            raise SmallsetError(f"{name} must be {bound}; got {v}.", option=name)
-
-
-def check_init_and_strategy(cfg) -> None:
-    """The options every condenser shares: ``init`` and, where the config has one, a well-formed
+def check_dsa_strategy(cfg) -> None:
+    """What a condenser's field declarations cannot say: where the config has one, a well-formed
     ``dsa_strategy`` (checked even when DSA is off, so a typo is never silently ignored)."""
-    if cfg.init not in ("real", "noise"):
-        raise SmallsetError(f"init must be real or noise; got {cfg.init!r}.", option="init")
     if getattr(cfg, "dsa_strategy", ""):
         try:
             parse_strategy(cfg.dsa_strategy)

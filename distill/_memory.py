@@ -9,8 +9,8 @@ import torch
 
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.models import seeded_model
 from smallset.distill._streaming import chunk_for
+from smallset.models import seeded_model
 
 FLOAT = 4
 

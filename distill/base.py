@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from smallset.budget import IPC, BudgetUnit
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.interrupt import check_stop
-from smallset.method import Method, Reduction, register_method
+from smallset.method import Method, Prepared, Reduction, register_method
 from smallset.registry import Registry
 from smallset.train import Protocol, get_protocol
 
@@ -33,28 +34,15 @@ class Synthetic:
 
 
 class Condenser(Method):
-    """Base class: the iteration loop, checkpoints, resume and the progress bar live here.
+    """Base class of condensers: implement :meth:`condense` (a closed-form condenser needs nothing else);
+    :class:`IterativeCondenser` adds the iteration loop, checkpoints and exact resume.
 
     Subclasses set ``config_cls`` (a dataclass with the paper's defaults, optionally a ``for_ipc``
-    classmethod and an ``iterations`` field) and implement three hooks:
-
-    - :meth:`setup` creates the state of a run (``self.syn``, the image optimiser, generators…);
-    - :meth:`step` runs outer iteration ``it`` and returns its loss;
-    - :meth:`result` returns the :class:`Synthetic` set.
-
-    All randomness must come from ``self.generators`` (named ``torch.Generator`` objects made in
-    ``setup``; networks are initialised from one with :func:`smallset.models.seeded_model`), never from the
-    global torch RNG, which other threads share. The generators are saved in every checkpoint, so a resumed
-    run continues exactly where the interrupted one stopped. Tensors/optimisers to checkpoint are listed by
-    :meth:`state_dict` (default: ``self.syn`` and ``self.opt``; extend it for more state).
-    """
+    classmethod)."""
 
     kind: ClassVar[str] = "distill"
-    budget_unit: ClassVar[str] = "ipc"
-
-    def __init__(self, config: Any = None):
-        super().__init__(config)
-        self.generators: dict[str, torch.Generator] = {}
+    budget_unit: ClassVar[BudgetUnit] = IPC
+    assumed_real_batch_per_class: ClassVar[int] = 256
 
     @classmethod
     def default_config(cls, budget: int | None = None) -> Any:
@@ -68,13 +56,20 @@ class Condenser(Method):
         """The paper's defaults for this ipc, with ``overrides`` applied (None values ignored)."""
         return cls.make_config(overrides, ipc)
 
-    def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared: Any = None) -> Reduction:
-        syn = self.condense(ds, budget, ctx)
+    def condense(self, ds: ImageDataset, ipc: int, ctx: RunContext, prepared: Prepared | None = None) -> Synthetic:
+        """``ipc`` synthetic images per class (normalised space) from ``ds`` and the prepared state."""
+        raise NotImplementedError
+
+    def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared: Prepared | None = None) -> Reduction:
+        ipc = check_ipc(budget, ds)
+        self.check_config(self.config)  # make_config checked it already; a config built by hand is checked here
+        state = self.state_for(ds, ctx, prepared)
+        syn = self.condense(ds, ipc, ctx, state)
         out = to_dataset(syn, ds)
         for what, t in (("images", out.images), ("weights", out.weights)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise self.diverged(f"its synthetic {what} hold NaN or infinite values")
-        return Reduction(out, dict(syn.info))
+        return Reduction(out, {**state.info, **syn.info})
 
     # The config fields to lower when the condensation diverges (named in the error sentence).
     divergence_options: ClassVar[tuple[str, ...]] = ("lr_img",)
@@ -85,6 +80,41 @@ class Condenser(Method):
         lower = " or ".join(f"{n} (now {getattr(self.config, n):g})" for n in names) or "its learning rate"
         return SmallsetError(f"{self.name} diverged: {what}. Lower {lower} and run again; no dataset was "
                              f"written{checkpoint}.", option=names[0] if names else None)
+
+    def dsa_strategy_for(self, channels: int, dataset_key: str | None) -> str:
+        """The DSA strategy this method augments with when ``dsa_strategy`` is not given: the reference's for
+        the data (methods whose paper uses another override this)."""
+        from smallset.augment import default_strategy
+
+        return default_strategy(channels, dataset_key)
+
+    def paper_recipe(self, dataset_key: str | None, channels: int, info: dict) -> Protocol:
+        """The condensation papers' evaluate_synset with DSA augmentation, 1000 epochs (DSA, DM, CAFE+DSA):
+        the strategy the method condensed with (docs/methods/evaluation.md#evaluation-protocol)."""
+        strategy = getattr(self.config, "dsa_strategy", "") or self.dsa_strategy_for(channels, dataset_key)
+        return get_protocol("paper-1000", augment=f"dsa:{strategy}")
+
+
+class IterativeCondenser(Condenser):
+    """Capability: a condenser that learns its images over iterations. The iteration loop, checkpoints,
+    exact resume and the progress bar live here.
+
+    Subclasses' configs carry an ``iterations`` field; they implement three hooks:
+
+    - :meth:`setup` creates the state of a run (``self.syn``, the image optimiser, generators…);
+    - :meth:`step` runs outer iteration ``it`` and returns its loss;
+    - :meth:`result` returns the :class:`Synthetic` set.
+
+    All randomness must come from ``self.generators`` (named ``torch.Generator`` objects made in
+    ``setup``; networks are initialised from one with :func:`smallset.models.seeded_model`), never from the
+    global torch RNG, which other threads share. The generators are saved in every checkpoint, so a resumed
+    run continues exactly where the interrupted one stopped. Tensors/optimisers to checkpoint are listed by
+    :meth:`state_dict` (default: ``self.syn`` and ``self.opt``; extend it for more state).
+    """
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.generators: dict[str, torch.Generator] = {}
 
     def check_finite(self, it: int, loss: float, ckpt: Path | None, saved: int) -> None:
         """Stop at the first non-finite loss or synthetic image (before it can reach a checkpoint)."""
@@ -97,20 +127,6 @@ class Condenser(Method):
             return
         kept = f"; the last finite checkpoint (iteration {saved}) is kept in {ckpt.parent}" if ckpt and saved else ""
         raise self.diverged(what, kept)
-
-    def paper_recipe(self, dataset_key: str | None, channels: int, info: dict) -> Protocol:
-        """The condensation papers' evaluate_synset with DSA augmentation, 1000 epochs (DSA, DM, CAFE+DSA):
-        the strategy the method condensed with (docs/methods/evaluation.md#evaluation-protocol)."""
-        from smallset.augment import default_strategy
-
-        strategy = getattr(self.config, "dsa_strategy", "") or default_strategy(channels, dataset_key, self.name)
-        return get_protocol("paper-1000", augment=f"dsa:{strategy}")
-
-    def dc_paper_recipe(self, dataset_key: str | None) -> Protocol:
-        """DC's evaluation: the DC augmentation and 1000 epochs on MNIST, no augmentation and 300 elsewhere."""
-        if dataset_key == "mnist":
-            return get_protocol("paper-1000", augment="dc:crop_scale_rotate")
-        return get_protocol("paper")
 
     # --- hooks ------------------------------------------------------------------------------
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
@@ -138,7 +154,7 @@ class Condenser(Method):
     def iterations(self) -> int:
         return int(getattr(self.config, "iterations", 1))
 
-    def condense(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> Synthetic:
+    def condense(self, ds: ImageDataset, ipc: int, ctx: RunContext, prepared: Prepared | None = None) -> Synthetic:
         import time
 
         ipc = check_ipc(ipc, ds)
@@ -221,16 +237,8 @@ def register_condenser(name: str):
 
 
 def check_ipc(ipc: int, ds: ImageDataset) -> int:
-    try:
-        ipc = int(ipc)
-    except (TypeError, ValueError):
-        raise SmallsetError(f"ipc must be a whole number, not {ipc!r}.", option="ipc") from None
-    smallest = min(ds.class_counts()) if len(ds) else 0
-    if ipc < 1 or ipc > smallest:
-        raise SmallsetError(
-            f"ipc must lie between 1 and {smallest} (the smallest class of the source); got {ipc}.", option="ipc"
-        )
-    return ipc
+    """An ipc the data can give: a whole number between 1 and the smallest class."""
+    return IPC.check_fits(ipc, ds.class_counts())
 
 
 def to_dataset(syn: Synthetic, source: ImageDataset) -> ImageDataset:
@@ -251,7 +259,8 @@ def to_dataset(syn: Synthetic, source: ImageDataset) -> ImageDataset:
     )
 
 
-def init_synthetic(ds: ImageDataset, ipc: int, init: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def init_synthetic(ds: ImageDataset, ipc: int, init: str, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
     """Class-major synthetic tensor (normalised space): ``real`` copies ipc random images per class,
     ``noise`` draws N(0, 1) (docs/methods/dc.md#synthetic-set)."""
     c, (h, w) = ds.channels, ds.image_size

@@ -9,20 +9,21 @@ Rationale and the paper's recipe: docs/methods/cafe.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.errors import SmallsetError
-from smallset.distill.base import Condenser, Synthetic, register_condenser
-from smallset.distill._matching import (check_init_and_strategy, check_positive, new_network, setup_matching_state,
-                                        train_on_synthetic)
+from smallset.distill._matching import check_dsa_strategy, new_network, setup_matching_state, train_on_synthetic
 from smallset.distill._streaming import chunk_for
+from smallset.distill.base import IterativeCondenser, Synthetic, register_condenser
+from smallset.distill.dc import dc_paper_recipe
+from smallset.errors import SmallsetError
 
 REAL_CHUNK = 1024  # real images per no-grad forward (memory bound; on the CPU: _streaming.CPU_CHUNK)
 
@@ -31,29 +32,30 @@ REAL_CHUNK = 1024  # real images per no-grad forward (memory bound; on the CPU: 
 class CAFEConfig:
     """CAFE hyper-parameters (docs/methods/cafe.md#cafe-defaults); CAFE has no per-ipc schedule."""
 
-    iterations: int = field(default=2000, metadata={"help": "outer iterations, each with a fresh random network"})
-    lr_img: float = field(default=0.1, metadata={"help": "SGD learning rate of the synthetic images"})
-    momentum_img: float = field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
-    lr_halving: str = field(default="0.6,0.8,0.9", metadata={
-        "help": "fractions of the iterations after which lr_img is halved (1200/1600/1800 of 2000); empty = never"})
-    lr_net: float = field(default=0.01, metadata={"help": "SGD learning rate of the network in the inner loop"})
-    batch_real: int = field(default=256, metadata={"help": "real images per class per image step"})
-    batch_train: int = field(default=256, metadata={"help": "mini-batch size of the inner-loop network training"})
-    init: Literal["real", "noise"] = field(default="noise", metadata={"help": "initialise from real images or N(0,1) noise"})
-    layer_weights: str = field(default="0.1,0.1,1.0,1.0", metadata={
-        "help": "alignment weights of f1..f4 (shallow to deep), one per layer_outputs entry"})
-    weight_last: float = field(default=1.0, metadata={"help": "weight of the last-layer (f5) centre alignment"})
-    weight_discrimination: float = field(default=0.01, metadata={"help": "weight of the discrimination loss"})
-    lambda1: float = field(default=0.04, metadata={"help": "outer loop ends when the probe window spans less than this"})
-    lambda2: float = field(default=0.03, metadata={"help": "inner loop ends when the probe window spans more than this"})
-    watch_window: int = field(default=10, metadata={"help": "accuracy probes the stop rules look at"})
-    probe_per_class: int = field(default=128, metadata={"help": "fresh real images per class in each accuracy probe"})
-    max_outer_steps: int = field(default=100, metadata={"help": "cap on image steps per iteration (not in the paper)"})
-    max_inner_epochs: int = field(default=100, metadata={"help": "cap on epochs per inner loop (not in the paper)"})
-    accumulator_quirk: bool = field(default=True, metadata={
-        "help": "replicate the reference's unreset accuracy accumulator in the stop rules"})
-    dsa: bool = field(default=False, metadata={"help": "CAFE+DSA: Siamese DSA in matching, DSA in the inner loop"})
-    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the reference's default for the dataset and method"})
+    iterations: int = option(2000, "outer iterations, each with a fresh random network", ge=1)
+    lr_img: float = option(0.1, "SGD learning rate of the synthetic images", gt=0)
+    momentum_img: float = option(0.5, "SGD momentum of the synthetic images", ge=0)
+    lr_halving: str = option("0.6,0.8,0.9", "fractions of the iterations after which lr_img is halved "
+                                            "(1200/1600/1800 of 2000); empty = never")
+    lr_net: float = option(0.01, "SGD learning rate of the network in the inner loop", gt=0)
+    batch_real: int = option(256, "real images per class per image step", ge=1)
+    batch_train: int = option(256, "mini-batch size of the inner-loop network training", ge=1)
+    init: Literal["real", "noise"] = option("noise", "initialise from real images or N(0,1) noise")
+    layer_weights: str = option("0.1,0.1,1.0,1.0", "alignment weights of f1..f4 (shallow to deep), one per "
+                                                   "layer_outputs entry")
+    weight_last: float = option(1.0, "weight of the last-layer (f5) centre alignment", ge=0)
+    weight_discrimination: float = option(0.01, "weight of the discrimination loss", ge=0)
+    lambda1: float = option(0.04, "outer loop ends when the probe window spans less than this", ge=0)
+    lambda2: float = option(0.03, "inner loop ends when the probe window spans more than this", ge=0)
+    watch_window: int = option(10, "accuracy probes the stop rules look at", ge=2)
+    probe_per_class: int = option(128, "fresh real images per class in each accuracy probe", ge=1)
+    max_outer_steps: int = option(100, "cap on image steps per iteration (not in the paper; at least watch_window)",
+                                  ge=2)
+    max_inner_epochs: int = option(100, "cap on epochs per inner loop (not in the paper; at least watch_window)",
+                                   ge=2)
+    accumulator_quirk: bool = option(True, "replicate the reference's unreset accuracy accumulator in the stop rules")
+    dsa: bool = option(False, "CAFE+DSA: Siamese DSA in matching, DSA in the inner loop")
+    dsa_strategy: str = option("", "DSA strategy; empty = the reference's default for the dataset and method")
 
 
 class LoopWatcher:
@@ -121,7 +123,7 @@ def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
 
 
 @register_condenser("cafe")
-class CAFECondenser(Condenser):
+class CAFECondenser(IterativeCondenser):
     """Layer-wise feature alignment + discrimination loss with CAFE's dynamic bi-level loop
     (docs/methods/cafe.md)."""
 
@@ -157,18 +159,14 @@ class CAFECondenser(Condenser):
         """CAFE+DSA: DSA and 1000 epochs; plain CAFE: DC's evaluation (CAFE's code copies DC's)."""
         if self.config.dsa:
             return super().paper_recipe(dataset_key, channels, info)
-        return self.dc_paper_recipe(dataset_key)
+        return dc_paper_recipe(dataset_key)
 
     @classmethod
     def check_config(cls, cfg: CAFEConfig) -> None:
-        """Ranges of the options alone; the layer count against the model is checked in :meth:`setup`."""
-        check_positive(cfg, ["iterations", "lr_img", "lr_net", "batch_real", "batch_train", "probe_per_class",
-                             "max_outer_steps", "max_inner_epochs"])
-        check_positive(cfg, ["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"],
-                       allow_zero=["momentum_img", "lambda1", "lambda2", "weight_last", "weight_discrimination"])
-        check_init_and_strategy(cfg)
-        if cfg.watch_window < 2:
-            raise SmallsetError(f"watch_window must be at least 2; got {cfg.watch_window}.", option="watch_window")
+        """The declared ranges, then the rules between options and the lists to parse; the layer count against
+        the model is checked in :meth:`setup`."""
+        super().check_config(cfg)
+        check_dsa_strategy(cfg)
         for cap in ("max_outer_steps", "max_inner_epochs"):
             if getattr(cfg, cap) < cfg.watch_window:
                 raise SmallsetError(
@@ -176,7 +174,8 @@ class CAFECondenser(Condenser):
                     f"rule could never fire and every loop would run a fixed {getattr(cfg, cap)} steps; raise "
                     f"{cap} to at least watch_window, or lower watch_window.", option=cap)
         if any(not (0.0 < f <= 1.0) for f in parse_floats(cfg.lr_halving, "lr_halving")):
-            raise SmallsetError(f"lr_halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.", option="lr_halving")
+            raise SmallsetError(f"lr_halving takes fractions of the iterations in (0, 1]; got {cfg.lr_halving!r}.",
+                                option="lr_halving")
         if any(w < 0 for w in parse_floats(cfg.layer_weights, "layer_weights")):
             raise SmallsetError("layer_weights must not be negative.", option="layer_weights")
 
@@ -187,9 +186,9 @@ class CAFECondenser(Condenser):
         setup_matching_state(self, ds, ipc, ctx, probe=5)
         self.augment = None
         if cfg.dsa:
-            from smallset.augment import DSA, default_strategy
+            from smallset.augment import DSA
 
-            self.augment = DSA(strategy=cfg.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name))
+            self.augment = DSA(strategy=cfg.dsa_strategy or self.dsa_strategy_for(ds.channels, ds.dataset_key))
         self.carry = 1.0 / ds.num_classes if cfg.accumulator_quirk else 0.0
         self.stats: dict[str, list[float]] = {k: [] for k in (
             "outer_steps", "inner_epochs", "align_loss_curve", "last_loss_curve", "disc_loss_curve")}

@@ -9,22 +9,29 @@ Rationale and the paper's recipe: docs/methods/dc.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.errors import SmallsetError
-from smallset.models import seeded_model
-from smallset.distill._matching import (RealSampler, check_init_and_strategy, check_positive,  # noqa: F401
-                                        freeze_batchnorm, new_network, setup_matching_state, train_on_synthetic)
-from smallset.distill.base import Condenser, Synthetic, register_condenser
+from smallset.distill._matching import (  # noqa: F401
+    RealSampler,
+    check_dsa_strategy,
+    freeze_batchnorm,
+    new_network,
+    setup_matching_state,
+    train_on_synthetic,
+)
 from smallset.distill._memory import breakdown
 from smallset.distill._streaming import chunk_for, real_gradient
+from smallset.distill.base import IterativeCondenser, Synthetic, register_condenser
+from smallset.errors import SmallsetError
+from smallset.train import Protocol, get_protocol
 
 # get_loops of the reference code (docs/methods/dc.md#dc-loops): ipc → (outer_loop, inner_loop).
 LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
@@ -52,16 +59,16 @@ def loops_for_ipc(ipc: int) -> tuple[int, int]:
 class DCConfig:
     """DC hyper-parameters (docs/methods/dc.md#dc-loops); :meth:`for_ipc` fills in the per-ipc loop lengths."""
 
-    iterations: int = field(default=1000, metadata={"help": "outer iterations, each with a fresh random network"})
-    outer_loop: int = field(default=1, metadata={"help": "image steps per iteration (get_loops; set per ipc)"})
-    inner_loop: int = field(default=1, metadata={"help": "network epochs on the synthetic set between image steps"})
-    lr_img: float = field(default=0.1, metadata={"help": "SGD learning rate of the synthetic images"})
-    momentum_img: float = field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
-    lr_net: float = field(default=0.01, metadata={"help": "SGD learning rate of the network in the inner loop"})
-    momentum_net: float = field(default=0.0, metadata={"help": "SGD momentum of the network (0.5 in the first DC code)"})
-    batch_real: int = field(default=256, metadata={"help": "real images per class per matching step"})
-    batch_train: int = field(default=256, metadata={"help": "mini-batch size of the inner-loop network training"})
-    init: Literal["real", "noise"] = field(default="noise", metadata={"help": "initialise from real images or N(0,1) noise"})
+    iterations: int = option(1000, "outer iterations, each with a fresh random network", ge=1)
+    outer_loop: int = option(1, "image steps per iteration (get_loops; set per ipc)", ge=1)
+    inner_loop: int = option(1, "network epochs on the synthetic set between image steps", ge=0)
+    lr_img: float = option(0.1, "SGD learning rate of the synthetic images", gt=0)
+    momentum_img: float = option(0.5, "SGD momentum of the synthetic images", ge=0)
+    lr_net: float = option(0.01, "SGD learning rate of the network in the inner loop", gt=0)
+    momentum_net: float = option(0.0, "SGD momentum of the network (0.5 in the first DC code)", ge=0)
+    batch_real: int = option(256, "real images per class per matching step", ge=1)
+    batch_train: int = option(256, "mini-batch size of the inner-loop network training", ge=1)
+    init: Literal["real", "noise"] = option("noise", "initialise from real images or N(0,1) noise")
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DCConfig":
@@ -102,8 +109,16 @@ def gradient_distance(g_real: Sequence[torch.Tensor], g_syn: Sequence[torch.Tens
     return total
 
 
+def dc_paper_recipe(dataset_key: str | None) -> Protocol:
+    """DC's evaluation: the DC augmentation and 1000 epochs on MNIST, no augmentation and 300 elsewhere
+    (CAFE's code copies it)."""
+    if dataset_key == "mnist":
+        return get_protocol("paper-1000", augment="dc:crop_scale_rotate")
+    return get_protocol("paper")
+
+
 @register_condenser("dc")
-class DCCondenser(Condenser):
+class DCCondenser(IterativeCondenser):
     """Gradient matching (docs/methods/dc.md#dc-algorithm): per iteration a fresh network, ``outer_loop``
     joint image steps, each followed (except the last) by ``inner_loop`` epochs of network training on the
     synthetic set."""
@@ -130,15 +145,13 @@ class DCCondenser(Condenser):
         return sum(self.memory_breakdown(ds, int(budget), ctx).values())
 
     def paper_recipe(self, dataset_key, channels, info):
-        return self.dc_paper_recipe(dataset_key)
+        return dc_paper_recipe(dataset_key)
 
     # -- hooks -------------------------------------------------------------------------------------
     @classmethod
     def check_config(cls, config: DCConfig) -> None:
-        check_positive(config, ["iterations", "outer_loop", "lr_img", "lr_net", "batch_real", "batch_train"])
-        check_positive(config, ["inner_loop", "momentum_img", "momentum_net"],
-                       allow_zero=["inner_loop", "momentum_img", "momentum_net"])
-        check_init_and_strategy(config)
+        super().check_config(config)  # the declared ranges and choices
+        check_dsa_strategy(config)
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         setup_matching_state(self, ds, ipc, ctx)

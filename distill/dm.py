@@ -8,33 +8,33 @@ Rationale and the paper's recipe: docs/methods/dm.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from smallset.augment import DEFAULT_STRATEGY, DSA
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.errors import SmallsetError
-from smallset.models import seeded_model
-from smallset.augment import DSA, default_strategy
-from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
-from smallset.distill._matching import check_init_and_strategy
+from smallset.distill._matching import check_dsa_strategy
 from smallset.distill._memory import breakdown
 from smallset.distill._streaming import PixelRows, chunk_for, chunks, embed_chunks, keep_freed_memory
+from smallset.distill.base import IterativeCondenser, Synthetic, init_synthetic, register_condenser
+from smallset.models import seeded_model
 
 
 @dataclass
 class DMConfig:
     """DM hyper-parameters (docs/methods/dm.md#dm-hyperparameters): the paper's CIFAR settings for ipc 1/10/50."""
 
-    iterations: int = field(default=20000, metadata={"help": "outer iterations (one random network each)"})
-    lr_img: float = field(default=1.0, metadata={"help": "SGD learning rate of the synthetic images"})
-    momentum: float = field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
-    batch_real: int = field(default=256, metadata={"help": "real images per class per iteration"})
-    init: Literal["real", "noise"] = field(default="real", metadata={"help": "initialise from real images or N(0,1) noise"})
-    dsa: bool = field(default=True, metadata={"help": "Siamese DSA augmentation of real and synthetic batches"})
-    dsa_strategy: str = field(default="", metadata={"help": "DSA strategy; empty = the reference's default for the dataset and method"})
+    iterations: int = option(20000, "outer iterations (one random network each)", ge=1)
+    lr_img: float = option(1.0, "SGD learning rate of the synthetic images", gt=0)
+    momentum: float = option(0.5, "SGD momentum of the synthetic images", ge=0)
+    batch_real: int = option(256, "real images per class per iteration", ge=1)
+    init: Literal["real", "noise"] = option("real", "initialise from real images or N(0,1) noise")
+    dsa: bool = option(True, "Siamese DSA augmentation of real and synthetic batches")
+    dsa_strategy: str = option("", "DSA strategy; empty = the reference's default for the dataset and method")
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DMConfig":
@@ -45,7 +45,7 @@ class DMConfig:
 
 
 @register_condenser("dm")
-class DMCondenser(Condenser):
+class DMCondenser(IterativeCondenser):
     """Distribution matching of mean random-network embeddings (docs/methods/dm.md)."""
 
     config_cls = DMConfig
@@ -53,6 +53,10 @@ class DMCondenser(Condenser):
     smoke = {"iterations": 4, "batch_real": 4}
     memory_options = ("batch_real",)
     models_working_memory = True
+
+    def dsa_strategy_for(self, channels: int, dataset_key: str | None) -> str:
+        """DM's code augments with the full strategy (flip included) on every dataset."""
+        return DEFAULT_STRATEGY
 
     def memory_breakdown(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> dict[str, int]:
         """Bytes by term (docs/methods/condenser-memory.md): every class's real batch at once, no backward
@@ -66,13 +70,8 @@ class DMCondenser(Condenser):
 
     @classmethod
     def check_config(cls, config: DMConfig) -> None:
-        if config.iterations < 1:
-            raise SmallsetError("DM needs iterations of at least 1.", option="iterations")
-        if config.batch_real < 1:
-            raise SmallsetError("DM needs batch_real of at least 1.", option="batch_real")
-        if config.lr_img <= 0:
-            raise SmallsetError("DM needs a positive lr_img.", option="lr_img")
-        check_init_and_strategy(config)
+        super().check_config(config)  # the declared ranges and choices
+        check_dsa_strategy(config)
 
     def setup(self, ds: ImageDataset, ipc: int, ctx: RunContext) -> None:
         cfg = self.config
@@ -85,7 +84,7 @@ class DMCondenser(Condenser):
             "real": ctx.generator(403),
             "aug": ctx.generator(404),
         }
-        self.strategy = (cfg.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name)) if cfg.dsa else "none"
+        self.strategy = (cfg.dsa_strategy or self.dsa_strategy_for(ds.channels, ds.dataset_key)) if cfg.dsa else "none"
         self.dsa = DSA(self.strategy) if cfg.dsa else None
 
         # The whole training set on the device once (pixel scale, normalised per batch: no second copy),

@@ -8,9 +8,10 @@ Rationale and the paper's recipe: docs/methods/dsa.md (augmentations: docs/metho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from smallset.config import option
 from smallset.data import ImageDataset
 from smallset.distill.base import Condenser, register_condenser
 from smallset.distill.dc import DCCondenser, DCConfig
@@ -21,9 +22,9 @@ class DSAConfig(DCConfig):
     """DC's hyper-parameters (docs/methods/dc.md#dc-loops) with the DSA README's real-image init and a
     strategy string (docs/methods/dsa-augmentation.md#dsa-transformations)."""
 
-    init: Literal["real", "noise"] = field(default="real", metadata={"help": "initialise from real images or N(0,1) noise"})
-    dsa_strategy: str = field(default="", metadata={
-        "help": "DSA strategy, e.g. color_crop_cutout_flip_scale_rotate; empty = the default for the channel count"})
+    init: Literal["real", "noise"] = option("real", "initialise from real images or N(0,1) noise")
+    dsa_strategy: str = option("", "DSA strategy, e.g. color_crop_cutout_flip_scale_rotate; empty = the default for "
+                                   "the channel count")
 
     @classmethod
     def for_ipc(cls, ipc: int) -> "DSAConfig":
@@ -47,6 +48,6 @@ class DSACondenser(DCCondenser):
         return Condenser.paper_recipe(self, dataset_key, channels, info)  # DSA's evaluation, not DC's
 
     def make_augment(self, ds: ImageDataset):
-        from smallset.augment import DSA, default_strategy
+        from smallset.augment import DSA
 
-        return DSA(strategy=self.config.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name))
+        return DSA(strategy=self.config.dsa_strategy or self.dsa_strategy_for(ds.channels, ds.dataset_key))

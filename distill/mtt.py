@@ -19,15 +19,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from smallset.augment import DSA, default_strategy
+from smallset.augment import DSA
 from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
-from smallset.errors import SmallsetError
-from smallset.models import seeded_model
 from smallset.distill._experts import ExpertBuffer, ExpertRecipe, buffer_dir, ensure_experts, param_shapes
-from smallset.distill._matching import check_init_and_strategy
-from smallset.distill.base import Condenser, Synthetic, init_synthetic, register_condenser
+from smallset.distill._matching import check_dsa_strategy
+from smallset.distill.base import IterativeCondenser, Synthetic, init_synthetic, register_condenser
+from smallset.errors import SmallsetError
+from smallset.method import Prepared
+from smallset.models import seeded_model
 
 # The paper's CIFAR-10 rows (docs/methods/mtt.md#mtt-hyperparameters): ipc → (syn_steps N, expert_epochs M,
 # max_start_epoch T⁺, lr_img, lr_lr, lr_teacher α₀). The paper ran ipc 1 and 10 on ZCA-whitened data, which we
@@ -49,32 +50,35 @@ class MTTConfig:
     """MTT hyper-parameters (docs/methods/mtt.md#mtt-hyperparameters): the paper's CIFAR-10 rows per ipc
     (:meth:`for_ipc`; the plain defaults are the ipc-10 row) and its expert recipe."""
 
-    iterations: int = option(5000, "outer iterations (reference --Iteration)")
+    iterations: int = option(5000, "outer iterations (reference --Iteration)", ge=1)
     syn_steps: int = option(30, "N: differentiable SGD steps of the student on the synthetic set per iteration; "
-                                "memory grows linearly with it")
-    expert_epochs: int = option(2, "M: the target is the expert's parameters M epochs after the start")
+                                "memory grows linearly with it", ge=1)
+    expert_epochs: int = option(2, "M: the target is the expert's parameters M epochs after the start", ge=1)
     max_start_epoch: int = option(20, "T⁺: start epochs are drawn from [min_start_epoch, T⁺), upper bound exclusive "
-                                      "as in the reference")
-    min_start_epoch: int = option(0, "DATM's lower bound T⁻ on the start epoch (0 = MTT)")
+                                      "as in the reference", ge=1)
+    min_start_epoch: int = option(0, "DATM's lower bound T⁻ on the start epoch (0 = MTT)", ge=0)
     initial_max_start_epoch: int = option(0, "DATM sequential generation: the start-epoch upper bound grows "
                                              "linearly from this to max_start_epoch over expansion_iterations "
-                                             "(0 = off, MTT)")
-    expansion_iterations: int = option(0, "DATM sequential generation: iterations over which the upper bound grows")
-    lr_img: float = option(1000.0, "SGD learning rate of the synthetic images")
-    lr_lr: float = option(1e-5, "SGD learning rate of the learned student step size α")
-    lr_teacher: float = option(0.01, "α₀, the initial learned student step size (reference --lr_teacher of distill.py)")
-    momentum: float = option(0.5, "SGD momentum of the images and of α (reference: 0.5)")
+                                             "(0 = off, MTT)", ge=0)
+    expansion_iterations: int = option(0, "DATM sequential generation: iterations over which the upper bound grows",
+                                       ge=0)
+    lr_img: float = option(1000.0, "SGD learning rate of the synthetic images", gt=0)
+    lr_lr: float = option(1e-5, "SGD learning rate of the learned student step size α", ge=0)
+    lr_teacher: float = option(0.01, "α₀, the initial learned student step size (reference --lr_teacher of distill.py)",
+                               gt=0)
+    momentum: float = option(0.5, "SGD momentum of the images and of α (reference: 0.5)", ge=0, lt=1)
     batch_syn: int = option(0, "synthetic images per student step (0 = the whole set, the reference default); "
-                               "memory grows linearly with it")
+                               "memory grows linearly with it", ge=0)
     init: Literal["real", "noise"] = option("real", "initialise from real images or N(0,1) noise")
     dsa: bool = option(True, "DSA augmentation (a fresh non-Siamese draw) on every student step")
     dsa_strategy: str = option("", "DSA strategy of the experts and the student; empty = the reference's for "
                                    "the data (all six families; no flip on MNIST-like digits)", prepare=True)
     # --- the expert recipe (reference buffer.py), the cached preparation --------------------------------
-    num_experts: int = option(100, "expert trajectories to train (and sample from)", prepare=True)
-    train_epochs: int = option(50, "epochs per expert; a snapshot of the parameters after each", prepare=True)
-    expert_lr: float = option(0.01, "SGD learning rate of the experts (no momentum, no weight decay)", prepare=True)
-    expert_batch: int = option(256, "mini-batch size of the experts", prepare=True)
+    num_experts: int = option(100, "expert trajectories to train (and sample from)", prepare=True, ge=1)
+    train_epochs: int = option(50, "epochs per expert; a snapshot of the parameters after each", prepare=True, ge=1)
+    expert_lr: float = option(0.01, "SGD learning rate of the experts (no momentum, no weight decay)", prepare=True,
+                              gt=0)
+    expert_batch: int = option(256, "mini-batch size of the experts", prepare=True, ge=1)
     expert_dsa: bool = option(True, "DSA augmentation of the experts' mini-batches (reference: on)", prepare=True)
 
     @classmethod
@@ -153,7 +157,7 @@ CPU_HEAP_RETENTION = 1.45
 
 
 @register_condenser("mtt")
-class MTTCondenser(Condenser):
+class MTTCondenser(IterativeCondenser):
     """Matching training trajectories (docs/methods/mtt.md)."""
 
     config_cls = MTTConfig
@@ -174,7 +178,7 @@ class MTTCondenser(Condenser):
     # --- configuration checks ----------------------------------------------------------------------
     def _strategy(self, ds: ImageDataset) -> str:
         """The DSA strategy of experts and student: ``dsa_strategy`` or the reference's for the data."""
-        return self.config.dsa_strategy or default_strategy(ds.channels, ds.dataset_key, self.name)
+        return self.config.dsa_strategy or self.dsa_strategy_for(ds.channels, ds.dataset_key)
 
     def _recipe(self, ds: ImageDataset) -> ExpertRecipe:
         c = self.config
@@ -183,25 +187,10 @@ class MTTCondenser(Condenser):
 
     @classmethod
     def check_config(cls, config: MTTConfig) -> None:
+        """The declared ranges, then the rules between the start epochs and the experts' length."""
+        super().check_config(config)
         c = config
-        for name in ("num_experts", "train_epochs", "expert_batch"):
-            if getattr(c, name) < 1:
-                raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
-        if not c.expert_lr > 0:
-            raise SmallsetError(f"expert_lr must be positive; got {c.expert_lr}.", option="expert_lr")
-        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
-            if getattr(c, name) < 1:
-                raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
-        for name in ("min_start_epoch", "initial_max_start_epoch", "expansion_iterations", "batch_syn"):
-            if getattr(c, name) < 0:
-                raise SmallsetError(f"{name} must be at least 0; got {getattr(c, name)}.", option=name)
-        for name in ("lr_img", "lr_teacher"):
-            if not getattr(c, name) > 0:
-                raise SmallsetError(f"{name} must be positive; got {getattr(c, name)}.", option=name)
-        if c.lr_lr < 0 or not 0 <= c.momentum < 1:
-            bad = "lr_lr" if c.lr_lr < 0 else "momentum"
-            raise SmallsetError(f"{bad} must be at least 0 (momentum below 1); got {getattr(c, bad)}.", option=bad)
-        check_init_and_strategy(c)
+        check_dsa_strategy(c)
         lowest_bound = min(c.max_start_epoch, c.initial_max_start_epoch or c.max_start_epoch)
         if c.min_start_epoch >= lowest_bound:
             raise SmallsetError(f"min_start_epoch must lie below max_start_epoch (and initial_max_start_epoch when "
@@ -213,19 +202,25 @@ class MTTCondenser(Condenser):
                 f"expert_epochs, or train longer experts.", option="max_start_epoch")
 
     # --- the cached phase: expert trajectories ------------------------------------------------------
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> ExpertBuffer:
-        """Train (or find in the cache) ``num_experts`` expert trajectories; returns their handle."""
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> Prepared:
+        """Train (or find in the cache) ``num_experts`` expert trajectories: their handle, with their manifest
+        and the seconds their training took as run information."""
         self.check_config(self.config)
-        return ensure_experts(ds, ctx, self._recipe(ds), self.config.num_experts, what=f"{self.name} experts")
+        buffer = ensure_experts(ds, ctx, self._recipe(ds), self.config.num_experts, what=f"{self.name} experts")
+        manifest = {**buffer.manifest, "experts_used": buffer.experts, "path": buffer.path}
+        return Prepared(buffer, {
+            "expert_manifest": manifest,
+            "expert_seconds": float(sum(manifest.get("seconds_per_expert", [])[: buffer.experts])),
+        })
 
     def use_experts(self, buffer: ExpertBuffer | None) -> None:
         """Condense from ``buffer`` (what :meth:`prepare` returned) instead of preparing in :meth:`setup`; a
         buffer of other settings, or one deleted from the cache since, is ignored."""
         self._buffer = buffer if isinstance(buffer, ExpertBuffer) else None
 
-    def reduce(self, ds: ImageDataset, budget: int, ctx: RunContext, prepared=None):
-        self.use_experts(prepared)
-        return super().reduce(ds, budget, ctx, prepared)
+    def condense(self, ds: ImageDataset, ipc: int, ctx: RunContext, prepared: Prepared | None = None) -> Synthetic:
+        self.use_experts(prepared.value if prepared is not None else None)
+        return super().condense(ds, ipc, ctx, prepared)
 
     def _experts_for(self, ds: ImageDataset, ctx: RunContext) -> ExpertBuffer:
         """The handed-in buffer when it is this run's and still on disk, else :meth:`prepare`."""
@@ -234,7 +229,7 @@ class MTTCondenser(Condenser):
             _, _, h = buffer_dir(ds, ctx, self._recipe(ds))
             if buf.key_hash == h and buf.experts >= self.config.num_experts and buf.available():
                 return buf
-        return self.prepare(ds, ctx)
+        return self.prepare(ds, ctx).value
 
     # --- memory (the pre-run estimate adds this) --------------------------------------------------------
     def graph_bytes(self, ds: ImageDataset, budget: int, ctx: RunContext) -> int:
@@ -304,7 +299,8 @@ class MTTCondenser(Condenser):
     def step(self, it: int) -> float:
         cfg = self.config
         e = int(torch.randint(0, cfg.num_experts, (1,), generator=self.generators["expert"]))
-        t = int(torch.randint(cfg.min_start_epoch, start_epoch_bound(cfg, it), (1,), generator=self.generators["start"]))
+        t = int(torch.randint(cfg.min_start_epoch, start_epoch_bound(cfg, it), (1,),
+                              generator=self.generators["start"]))
         traj = self.trajectories[e]
         start = traj[t].to(self.device, torch.float32)
         target = traj[t + cfg.expert_epochs].to(self.device, torch.float32)
@@ -339,16 +335,11 @@ class MTTCondenser(Condenser):
         self.expert_picks = [int(v) for v in state["expert_picks"]]
 
     def result(self) -> Synthetic:
-        manifest = dict(self.buffer.manifest)
-        manifest["experts_used"] = self.config.num_experts
-        manifest["path"] = self.buffer.path
         learned = float(self.syn_lr.detach())
-        info = {
+        info = {  # the experts' manifest and seconds are the preparation's information (prepare)
             "learned_lr": learned,
             "syn_lr_curve": list(self.lr_curve),
             "start_epoch_curve": list(self.start_epochs),
-            "expert_manifest": manifest,
-            "expert_seconds": float(sum(manifest.get("seconds_per_expert", [])[: self.config.num_experts])),
             "dsa_strategy": self.strategy,
             "init": self.config.init,
         }

@@ -4,9 +4,11 @@
     smallset distill  --source S --method M --ipc K --iterations N           learn a synthetic set
     smallset compare  --methods a,b --fractions .. --ipcs ..                 side by side + full data
     smallset demo                                                            every method on builtin:mnist-mini
+    smallset report   [--run-id RUN] [--output-dir DIR]                      HTML/Markdown report of a compare
     smallset datasets --source S                                             describe a source
     smallset show     FILE [--json]                                          describe a reduced Parquet file
     smallset methods                                                         list methods and their options
+    smallset serve    [--cron CRON] [--name NAME]                            serve the nightly compare (flow.serve)
 
 Every method's hyperparameters (its config dataclass) become options of ``prune``/``distill``:
 ``smallset prune --method NAME --help`` lists them with the paper's defaults. Errors print one sentence
@@ -32,7 +34,6 @@ import threading
 from pathlib import Path
 
 import smallset.flows.settings  # noqa: F401
-
 from smallset.errors import SmallsetError
 from smallset.flows import cli_output
 from smallset.flows.cli_parser import EXIT_USAGE, build_parser, config_overrides, run_options_from
@@ -148,23 +149,41 @@ def check_compare(methods, params: dict, options) -> None:
         warnings.warn(SmallsetWarning(apart), stacklevel=2)
 
 
+def check_each(values: list, check, name: str, plural: str) -> None:
+    """Each value of a compare list through the check of one value (a budget's, a run option's), its
+    sentence naming the list: ``fraction`` → ``fractions`` (the command line shows ``--fractions``)."""
+    for value in values:
+        try:
+            check(value)
+        except SmallsetError as e:
+            raise SmallsetError(e.for_command_line({name: plural}), option=plural) from None
+
+
+def check_compare_lists(args, options) -> None:
+    """compare's lists, each value checked as a single run checks it: the budgets by
+    :mod:`smallset.budget`, the seeds by :class:`~smallset.options.RunOptions`' ``seed`` field."""
+    from smallset.budget import check_fraction, check_ipc_value
+    from smallset.flows.cli_parser import validated_options
+
+    if not args.fractions and not args.ipcs:
+        raise SmallsetError("A compare needs at least one budget: give --fractions and/or --ipcs.")
+    if not args.methods:
+        raise SmallsetError("--methods needs at least one method name.")
+    if not args.seeds:
+        raise SmallsetError("--seeds needs at least one seed, e.g. 0,1,2.")
+    check_each(args.fractions, check_fraction, "fraction", "fractions")
+    check_each(args.ipcs, check_ipc_value, "ipc", "ipcs")
+    base = options.model_dump()
+    check_each(args.seeds, lambda seed: validated_options({**base, "seed": seed}), "seed", "seeds")
+
+
 def cmd_compare(args) -> int:
-    from smallset.budget import check_fraction
     from smallset.options import RunOptions
     from smallset.tasks.runners import check_runner_args
 
     options = run_options_from(args, base=RunOptions(eval_runs=1))
     params = compare_params(args.set)
-    for f in args.fractions:
-        check_fraction(f)
-    if any(k < 1 for k in args.ipcs):
-        raise SmallsetError("--ipcs must be whole numbers of at least 1.")
-    if not args.fractions and not args.ipcs:
-        raise SmallsetError("A compare needs at least one budget: give --fractions and/or --ipcs.")
-    if not args.methods:
-        raise SmallsetError("--methods needs at least one method name.")
-    if not args.seeds or any(s < 0 for s in args.seeds):
-        raise SmallsetError("--seeds needs seeds of 0 or more, e.g. 0,1,2.")
+    check_compare_lists(args, options)
     check_runner_args(args.runner, args.workers, args.dask_address, args.gpus)
     check_compare(args.methods, params, options)
     rows = run_compare(methods=args.methods, fractions=args.fractions, ipcs=args.ipcs, seeds=args.seeds,

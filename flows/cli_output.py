@@ -24,9 +24,7 @@ def print_row(row: dict) -> None:
 
 def print_compare(rows: list[dict]) -> None:
     from smallset import tracking
-    from smallset.tasks.results import format_table
-
-    from smallset.tasks.results import format_summary, summarize
+    from smallset.tasks.results import format_summary, format_table, summarize
 
     print(format_table(rows))
     print()
@@ -60,9 +58,10 @@ def print_datasets(args) -> int:
     for split in ("train", "test"):
         if split in info:
             d = info[split]
-            print(f"  {split}: {d['examples']} images of {'×'.join(map(str, d['shape']))}, {len(d['classes'])} classes, "
+            shape = "×".join(map(str, d["shape"]))
+            print(f"  {split}: {d['examples']} images of {shape}, {len(d['classes'])} classes, "
                   f"mean {d['mean']}, std {d['std']}")
-            print(f"    per class: " + ", ".join(f"{safe(k)}: {v}" for k, v in d["per_class"].items()))
+            print("    per class: " + ", ".join(f"{safe(k)}: {v}" for k, v in d["per_class"].items()))
             print(f"    digest: {d['digest']}")
     return 0
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import typing
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -26,7 +27,8 @@ def csv_of(type_):
         try:
             return [type_(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {type_.__name__}s, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {type_.__name__}s, got {text!r}") from None
 
     return parse
 
@@ -66,7 +68,8 @@ def add_run_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), d
             continue
         default = getattr(defaults, name)
         shown = f" (default: {default})" if default not in (None, [], {}) else ""
-        kwargs: dict[str, Any] = {"dest": OPTION_PREFIX + name, "default": None, "help": (info.description or "") + shown}
+        kwargs: dict[str, Any] = {"dest": OPTION_PREFIX + name, "default": None,
+                                  "help": (info.description or "") + shown}
         hint = info.annotation
         origin = typing.get_origin(hint)
         if hint is bool:
@@ -139,7 +142,31 @@ def method_from_argv(argv: list[str], default: str) -> str:
 
 
 # --- the parser --------------------------------------------------------------------------------------------
-DEFAULT_METHOD = {"prune": "random", "distill": "dm"}
+def add_fraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fraction", type=float, default=0.1,
+                   help="fraction of the source to keep, in (0, 1] (default: 0.1)")
+
+
+def add_ipc_and_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
+    p.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every --checkpoint-every iterations")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="iterations between checkpoints (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+
+
+@dataclass(frozen=True)
+class MethodCommand:
+    """A command that runs one method of a kind (its registry): its default method, its help and its budget."""
+
+    default_method: str
+    help: str
+    add_budget: Callable[[argparse.ArgumentParser], None]
+
+
+METHOD_COMMANDS = {
+    "prune": MethodCommand("random", "select a coreset", add_fraction),
+    "distill": MethodCommand("dm", "learn a synthetic set", add_ipc_and_checkpoints),
+}
 
 
 def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
@@ -150,19 +177,14 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))  # after --debug & co.
     command, rest = (argv[at], argv[at + 1:]) if at < len(argv) else (None, [])
-    for kind, default_method in DEFAULT_METHOD.items():
+    for kind, spec in METHOD_COMMANDS.items():
+        default_method = spec.default_method
         # Method names only for the command asked (the catalogue is cached, but built once with torch).
         names = ", ".join(catalog.method_names(kind)) if command == kind else "see `smallset methods`"
-        p = sub.add_parser(kind, help="select a coreset" if kind == "prune" else "learn a synthetic set",
+        p = sub.add_parser(kind, help=spec.help,
                            description=f"Methods: {names}. Add --method NAME --help for its options.")
         p.add_argument("--method", default=default_method, help=f"one of {names} (default: {default_method})")
-        if kind == "prune":
-            p.add_argument("--fraction", type=float, default=0.1, help="fraction of the source to keep, in (0, 1] (default: 0.1)")
-        else:
-            p.add_argument("--ipc", type=int, default=10, help="synthetic images per class (default: 10)")
-            p.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every --checkpoint-every iterations")
-            p.add_argument("--checkpoint-every", type=int, default=0, help="iterations between checkpoints (0: none)")
-            p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+        spec.add_budget(p)
         p.add_argument("--output", default=None, help="the Parquet file to write (default: smallset-out/…)")
         add_run_options(p)
         if command == kind:
@@ -175,7 +197,8 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare methods side by side at matched budgets, plus full data")
     c.add_argument("--methods", type=csv_of(str), default=["random"], help="comma-separated method names")
     c.add_argument("--fractions", type=csv_of(float), default=[], help="pruning budgets, e.g. 0.01,0.05")
-    c.add_argument("--ipcs", type=csv_of(int), default=[], help="images per class, e.g. 1,10 (pruning runs at the matching fraction)")
+    c.add_argument("--ipcs", type=csv_of(int), default=[],
+                   help="images per class, e.g. 1,10 (pruning runs at the matching fraction)")
     c.add_argument("--seeds", type=csv_of(int), default=[0], help="seeds, e.g. 0,1,2")
     c.add_argument("--set", action="append", type=key_value, default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. dm.iterations=200 (repeatable)")
@@ -183,7 +206,8 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
     c.add_argument("--no-full", action="store_true", help="skip the full-data reference row")
     add_runner_options(c)
     c.add_argument("--dask-address", default=None, help="an existing Dask scheduler, e.g. tcp://host:8786")
-    c.add_argument("--gpus", type=int, default=0, help="local Dask cluster with one worker per GPU (0: no GPU placement)")
+    c.add_argument("--gpus", type=int, default=0,
+                   help="local Dask cluster with one worker per GPU (0: no GPU placement)")
     c.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown comparison report")
     add_run_options(c, exclude=("seed",), defaults=compare_defaults)
 
@@ -194,16 +218,16 @@ def build_parser(argv: list[str], description: str) -> argparse.ArgumentParser:
                     "class of MNIST, shipped with the package) with model convnet-s, each method's small demo "
                     "settings and one evaluation run under the demo protocol, plus the full-data reference, "
                     "through the same Prefect flow and MLflow logging as `smallset compare`. Prints both comparison "
-                    "tables and writes the Parquet files, results.csv and report.html in a new compare-DATE-TIME folder under "
-                    "--output-dir. About 8 "
-                    "minutes on a 2-core CPU (BENCHMARKS.md, \"smallset demo\").")
+                    "tables and writes the Parquet files, results.csv and report.html in a new compare-DATE-TIME "
+                    "folder under --output-dir. About 8 minutes on a 2-core CPU (BENCHMARKS.md, \"smallset demo\").")
     d.add_argument("--output-dir", default="smallset-out", help="where the Parquet files and the report go")
     d.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     add_runner_options(d)
 
     r = sub.add_parser("report", help="render the HTML/Markdown comparison report of a compare")
     r.add_argument("--run-id", default=None, help="the compare's MLflow parent run (default: the latest compare)")
-    r.add_argument("--output-dir", default=None, help="where report.html/report.md go (default: smallset-out/report-RUN)")
+    r.add_argument("--output-dir", default=None,
+                   help="where report.html/report.md go (default: smallset-out/report-RUN)")
 
     ds = sub.add_parser("datasets", help="describe a source: shape, counts per class, digest")
     ds.add_argument("--source", default="builtin:mnist-mini", help=RunOptions.model_fields["source"].description)

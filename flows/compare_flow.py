@@ -4,18 +4,18 @@ Pruned and distilled sets are compared at matched budgets: every ipc k is also r
 fraction k·C/N, and every fraction f as ipc round(f·N/C), so each budget has a row per method with the
 same number of images. Each cell is reduce → evaluate (one task per evaluation model) → record, as
 Prefect tasks on the chosen task runner (threads, or Dask: see :mod:`smallset.tasks.runners`); a
-method's preparation (scores, features) runs once per cache key before the cells start. The MLflow parent run holds one nested child run per
-cell; the table is printed, saved as CSV, logged to the parent run and published as a Prefect table
-artifact, and the comparison report (HTML + Markdown) is rendered.
+method's preparation (scores, features) runs once per cache key before the cells start. The MLflow parent run
+holds one nested child run per cell; the table is printed, saved as CSV, logged to the parent run and published
+as a Prefect table artifact, and the comparison report (HTML + Markdown) is rendered.
 """
 from __future__ import annotations
 
-import smallset.flows.settings  # noqa: F401
 from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+import smallset.flows.settings  # noqa: F401
 from smallset import tracking
 from smallset.options import RunOptions
 from smallset.tasks import record, results, spec, steps
@@ -63,7 +63,8 @@ def compare_flow(
                     prepared[key] = prepare_task.submit(c)
             futures = []
             if include_full and not options.no_eval:
-                ref = spec.resolve_cell("random", spec.Budget(fraction=1.0), options.model_copy(update={"seed": seeds[0]}))
+                ref = spec.resolve_cell("random", spec.Budget(fraction=1.0),
+                                        options.model_copy(update={"seed": seeds[0]}))
                 futures.append(full_data_task.submit(ref, parent))
             for c, key in zip(cells, keys):
                 out = spec.default_output(src.id, c, out_dir)

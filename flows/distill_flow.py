@@ -1,9 +1,9 @@
 """``distill_flow``: learn a synthetic set, evaluate it, write it to Parquet, log it to MLflow."""
 from __future__ import annotations
 
-import smallset.flows.settings  # noqa: F401
 from prefect import flow
 
+import smallset.flows.settings  # noqa: F401
 from smallset.options import RunOptions
 from smallset.tasks.prefect_tasks import run_single
 from smallset.tasks.spec import Budget, Checkpointing, resolve_cell

@@ -1,9 +1,9 @@
 """``prune_flow``: select a coreset from a source, evaluate it, write it to Parquet, log it to MLflow."""
 from __future__ import annotations
 
-import smallset.flows.settings  # noqa: F401  (environment defaults before Prefect loads)
 from prefect import flow
 
+import smallset.flows.settings  # noqa: F401  (environment defaults before Prefect loads)
 from smallset.options import RunOptions
 from smallset.tasks.prefect_tasks import run_single
 from smallset.tasks.spec import Budget, resolve_cell

@@ -7,17 +7,18 @@ Not a selector (registers nothing). Used by ``herding``, ``kcenter`` (penultimat
 from __future__ import annotations
 
 import math
-
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.method import Prepared
 from smallset.models import seeded_model as _seeded
 from smallset.prune.base import Selection, Selector, check_fraction, class_budgets
 
@@ -107,30 +108,26 @@ def embed_features(model: nn.Module, ds: ImageDataset, device: torch.device | st
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+def _check_per_example(ds: ImageDataset, value, ndim: int, expected: str, what: str) -> torch.Tensor:
+    """A tensor with one row per example and ``ndim`` dimensions, all finite; else one sentence."""
+    if not isinstance(value, torch.Tensor) or value.ndim != ndim or value.shape[0] != len(ds):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise SmallsetError(f"Expected {expected}, got {shape}; pass the output of this method's prepare() or "
+                            f"leave it unset.")
+    if not torch.isfinite(value).all():
+        raise SmallsetError(f"The {what} contain NaN or infinite values.")
+    return value
+
+
 def check_features(ds: ImageDataset, feats) -> torch.Tensor:
     """Validate scores given to herding/k-center: one feature row per example."""
-    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != len(ds):
-        shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-        raise SmallsetError(
-            f"Expected an N×D feature tensor with N = {len(ds)} rows as scores, got {shape}; "
-            f"pass the output of this method's prepare() or leave it unset."
-        )
-    if not torch.isfinite(feats).all():
-        raise SmallsetError("The features contain NaN or infinite values; check the feature model.")
-    return feats
+    return _check_per_example(ds, feats, 2, f"an N×D feature tensor with N = {len(ds)} rows as scores",
+                              "features")
 
 
 def check_scores(ds: ImageDataset, scores) -> torch.Tensor:
     """Validate per-example scores: a finite 1-D tensor with one value per example."""
-    if not isinstance(scores, torch.Tensor) or scores.shape != (len(ds),):
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise SmallsetError(
-            f"Expected one score per example ({len(ds)}), got {shape}; "
-            f"pass the output of this method's prepare() or leave it unset."
-        )
-    if not torch.isfinite(scores).all():
-        raise SmallsetError("The scores contain NaN or infinite values.")
-    return scores
+    return _check_per_example(ds, scores, 1, f"one score per example ({len(ds)})", "scores")
 
 
 def ranked_keep(scores: torch.Tensor, k: int, higher_is_keep: bool, generator: torch.Generator) -> torch.Tensor:
@@ -177,13 +174,25 @@ def keep_highest(ds: ImageDataset, scores, fraction: float, balance: bool,
     return scores, torch.sort(ranked_keep(scores, k, True, generator)).values
 
 
+def keep_highest_selection(ds: ImageDataset, scores, fraction: float, balance: bool, ctx: RunContext,
+                           score_name: str) -> Selection:
+    """The selection of a selector that keeps the highest scores (:func:`keep_highest`, tie-breaking from
+    ``ctx.generator(17)``), weights 1, with the mean score, and the mean and lowest kept score, as info."""
+    scores, indices = keep_highest(ds, scores, check_fraction(fraction), balance, ctx.generator(17))
+    kept = scores[indices]
+    info = {f"mean_{score_name}": float(scores.mean()),
+            f"kept_mean_{score_name}": float(kept.mean()) if len(kept) else 0.0,
+            f"kept_min_{score_name}": float(kept.min()) if len(kept) else 0.0}
+    return Selection(indices, torch.ones(len(indices)), scores=scores, info=info)
+
+
 # --- herding / k-center: features of ctx.model -----------------------------------------------------------
 @dataclass
 class FeatureConfig:
-    feature_epochs: int = field(default=0, metadata={"prepare": True, 
-        "help": "0: features of the randomly initialised (seeded) model; N: train it N epochs on the data first"})
-    feature_lr: float = field(default=0.01, metadata={"prepare": True, 
-        "help": "SGD learning rate when training the feature model (feature_epochs > 0)"})
+    feature_epochs: int = option(0, "0: features of the randomly initialised (seeded) model; N: train it N epochs "
+                                    "on the data first", prepare=True, ge=0)
+    feature_lr: float = option(0.01, "SGD learning rate when training the feature model (feature_epochs > 0)",
+                               prepare=True, gt=0)
 
 
 class FeatureSelector(Selector):
@@ -200,9 +209,9 @@ class FeatureSelector(Selector):
     higher_is_keep = None  # prepare() returns features, not a ranking
     uses_model = True
 
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> Prepared:
         model = trained_feature_model(ds, ctx, self.config.feature_epochs, lr=self.config.feature_lr)
-        return embed_features(model, ds, ctx.device)
+        return Prepared(embed_features(model, ds, ctx.device))
 
     def greedy_order(self, feats: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
         """The first ``k`` positions of the greedy order within one class, and a quality value."""
@@ -212,7 +221,7 @@ class FeatureSelector(Selector):
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
-        feats = check_features(ds, self.prepare(ds, ctx) if prepared is None else prepared)
+        feats = check_features(ds, self.prepared_value(ds, ctx, prepared))
         budgets = class_budgets(ds.class_counts(), fraction)
         keep, quality = [], []
         for idx, k in zip(class_positions(ds), budgets):

@@ -9,7 +9,6 @@ authors' recipe: docs/methods/el2n.md.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,9 +20,10 @@ from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.prune._features import keep_highest, seeded_model
+from smallset.method import Prepared, PreparesInUnits
+from smallset.prune._features import keep_highest_selection, seeded_model
 from smallset.prune._training import augment_flags, crop_flip, parse_epochs, warmup_multistep_lr
-from smallset.prune.base import Selection, Selector, check_fraction
+from smallset.prune.base import Selection, Selector
 
 RUN_OFFSET = 1000  # run r draws its model from offset r·1000, its data order from +1, its augmentation from +2
 
@@ -34,42 +34,23 @@ class ScoringConfig:
     recipe of the runs (the authors' CIFAR-10 recipe, docs/methods/el2n.md#el2n-recipe)."""
 
     models: int = option(10, "independently initialised scoring runs whose scores are averaged (paper: 10)",
-                         prepare=True)
+                         prepare=True, ge=1)
     epochs: int = option(20, "training epochs of each scoring run before scoring (0: at initialisation)",
-                         prepare=True)
-    lr: float = option(0.1, "SGD learning rate of the scoring runs (paper: 0.1)", prepare=True)
-    momentum: float = option(0.9, "SGD momentum of the scoring runs, Nesterov (paper: 0.9)", prepare=True)
-    weight_decay: float = option(5e-4, "SGD weight decay of the scoring runs (paper: 5e-4)", prepare=True)
+                         prepare=True, ge=0)
+    lr: float = option(0.1, "SGD learning rate of the scoring runs (paper: 0.1)", prepare=True, gt=0)
+    momentum: float = option(0.9, "SGD momentum of the scoring runs, Nesterov (paper: 0.9)", prepare=True, ge=0)
+    weight_decay: float = option(5e-4, "SGD weight decay of the scoring runs (paper: 5e-4)", prepare=True, ge=0)
     batch_size: int = option(128, "mini-batch size of the scoring runs; the last partial batch of an epoch is "
-                                  "dropped as in the authors' code (paper: 128)", prepare=True)
+                                  "dropped as in the authors' code (paper: 128)", prepare=True, ge=1)
     lr_milestones: str = option("60,120,160", "epochs at which the scoring runs' LR is multiplied by lr_gamma "
                                               "(paper: 60,120,160 of 200)", prepare=True)
-    lr_gamma: float = option(0.2, "LR decay factor at each milestone (paper: 0.2)", prepare=True)
+    lr_gamma: float = option(0.2, "LR decay factor at each milestone (paper: 0.2)", prepare=True, gt=0)
     augment: Literal["none", "auto", "crop_flip", "crop"] = option(
         "auto", "augmentation of the scoring runs' training batches: reflect-pad-4 random crop and flip "
                 "(auto: flip only colour images; paper: crop_flip); scoring itself uses clean inputs",
         prepare=True)
     balance: bool = option(True, "keep round(fraction*n_c) per class (like forgetting); off: the global top "
                                  "fraction (the paper)")
-
-
-def check_scoring_config(c: ScoringConfig) -> None:
-    """One sentence naming the first bad field."""
-    if c.models < 1:
-        raise SmallsetError(f"models must be at least 1; got {c.models}.", option="models")
-    if c.epochs < 0:
-        raise SmallsetError(f"epochs must be 0 (score at initialisation) or more; got {c.epochs}.", option="epochs")
-    if c.batch_size < 1:
-        raise SmallsetError(f"batch_size must be at least 1; got {c.batch_size}.", option="batch_size")
-    if not c.lr > 0:
-        raise SmallsetError(f"lr must be positive; got {c.lr}.", option="lr")
-    if c.momentum < 0 or c.weight_decay < 0:
-        name = "momentum" if c.momentum < 0 else "weight_decay"
-        raise SmallsetError(f"{name} cannot be negative; got {getattr(c, name)}.", option=name)
-    if not c.lr_gamma > 0:
-        raise SmallsetError(f"lr_gamma must be positive; got {c.lr_gamma}.", option="lr_gamma")
-    parse_epochs(c.lr_milestones)
-    augment_flags(c.augment, 1)
 
 
 def scoring_run(ds: ImageDataset, ctx: RunContext, c: ScoringConfig, run: int, x: torch.Tensor,
@@ -104,18 +85,15 @@ def scoring_run(ds: ImageDataset, ctx: RunContext, c: ScoringConfig, run: int, x
     return model
 
 
-class ScoreRunSelector(Selector):
-    """Base of EL2N and GraNd: :meth:`score_model` scores every example with one trained model; prepare
-    averages it over ``models`` runs; select keeps the highest scores (per class with ``balance``)."""
+class ScoreRunSelector(PreparesInUnits, Selector):
+    """Base of EL2N and GraNd: :meth:`score_model` scores every example with one trained model; each scoring
+    run is an independent unit of the preparation, which averages their scores; select keeps the highest
+    scores (per class with ``balance``)."""
 
     config_cls = ScoringConfig
     higher_is_keep = True  # hardest first
     uses_model = True
     score_name = "score"
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.score_info: dict = {}
 
     def score_model(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One score per example (float, on any device) from one scoring model in eval mode."""
@@ -123,41 +101,33 @@ class ScoreRunSelector(Selector):
 
     @classmethod
     def check_config(cls, config) -> None:
-        check_scoring_config(config)
+        super().check_config(config)  # the declared ranges
+        parse_epochs(config.lr_milestones)
 
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
-        """The mean over ``models`` scoring runs of :meth:`score_model` (float32, one per example)."""
+    def unit_count(self) -> int:
+        return self.config.models
+
+    def run_unit(self, ds: ImageDataset, ctx: RunContext, index: int) -> torch.Tensor:
+        """Scoring run ``index``'s :meth:`score_model` scores (float64, CPU, one per example)."""
         self.check_config(self.config)
         if len(ds) == 0:
             raise SmallsetError("The dataset is empty; there is nothing to score.")
         x = ds.normalized().to(ctx.device)
         y = ds.labels.to(ctx.device)
+        model = scoring_run(ds, ctx, self.config, index, x, y)
+        scores = self.score_model(model, x, y).detach().double().cpu()
+        if not torch.isfinite(scores).all():
+            raise SmallsetError(f"The {self.score_name} scores of run {index} are not finite; lower lr.", option="lr")
+        return scores
+
+    def combine(self, ds: ImageDataset, ctx: RunContext, units: list[torch.Tensor]) -> Prepared:
+        """The mean of the runs' scores (float32), and each run's mean score as run information."""
         total = torch.zeros(len(ds), dtype=torch.float64)
-        spread = []
-        for run in range(self.config.models):
-            model = scoring_run(ds, ctx, self.config, run, x, y)
-            s = self.score_model(model, x, y).detach().double().cpu()
-            if not torch.isfinite(s).all():
-                raise SmallsetError(f"The {self.score_name} scores of run {run} are not finite; lower lr.",
-                                    option="lr")
-            total += s
-            spread.append(float(s.mean()))
-        self.score_info = {f"run_mean_{self.score_name}": spread}
-        return (total / self.config.models).float()
+        for scores in units:
+            total += scores
+        return Prepared((total / len(units)).float(),
+                        {f"run_mean_{self.score_name}": [float(s.mean()) for s in units]}, tuple(units))
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
-        fraction = check_fraction(fraction)
-        info: dict = {}
-        scores = prepared
-        if scores is None:
-            scores = self.prepare(ds, ctx)
-            info.update(self.score_info)
-        scores, indices = keep_highest(ds, scores, fraction, self.config.balance, ctx.generator(17))
-        kept = scores[indices]
-        name = self.score_name
-        info.update({
-            f"mean_{name}": float(scores.mean()),
-            f"kept_mean_{name}": float(kept.mean()) if len(kept) else 0.0,
-            f"kept_min_{name}": float(kept.min()) if len(kept) else 0.0,
-        })
-        return Selection(indices, torch.ones(len(indices)), scores=scores, info=info)
+        return keep_highest_selection(ds, self.prepared_value(ds, ctx, prepared), fraction, self.config.balance,
+                                      ctx, self.score_name)

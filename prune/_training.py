@@ -12,12 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-
 from smallset.augment import crop_flip  # noqa: F401  (re-exported: the methods' batch augmentation)
 from smallset.config import option
 from smallset.errors import SmallsetError
+from smallset.prune.base import Selector
 
 # The values of every ``augment`` option (a Literal in the configs, repeated there because a Literal needs
 # its values written out).
@@ -83,15 +81,15 @@ class TrainingSchedule:
     the same schedule."""
 
     epochs: int = option(200, "epochs of the full run; the budget is fraction × epochs × ceil(N / batch) SGD steps",
-                         prepare=False)
-    batch_size: int = option(128, "SGD mini-batch size")
-    lr: float = option(0.1, "peak SGD learning rate")
-    momentum: float = option(0.0, "SGD momentum (CREST's reference passes none)")
-    weight_decay: float = option(1e-4, "SGD weight decay")
-    warmup_epochs: int = option(20, "linear LR warm-up epochs (epoch 0 runs at LR 0)")
+                         ge=1)
+    batch_size: int = option(128, "SGD mini-batch size", ge=1)
+    lr: float = option(0.1, "peak SGD learning rate", ge=0)
+    momentum: float = option(0.0, "SGD momentum (CREST's reference passes none)", ge=0)
+    weight_decay: float = option(1e-4, "SGD weight decay", ge=0)
+    warmup_epochs: int = option(20, "linear LR warm-up epochs (epoch 0 runs at LR 0)", ge=0)
     lr_milestones: str = option("100,150", "comma-separated epochs, counted after the warm-up, at which the LR is "
                                            "multiplied by lr_gamma")
-    lr_gamma: float = option(0.1, "LR decay factor at each milestone")
+    lr_gamma: float = option(0.1, "LR decay factor at each milestone", gt=0)
     augment: Literal["none", "auto", "crop_flip", "crop"] = option(
         "none", "training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images)")
 
@@ -113,18 +111,23 @@ def schedule_key(params: dict) -> str | None:
     return json.dumps({n: params[n] for n in SCHEDULE_FIELDS})
 
 
-def validate_schedule(c: TrainingSchedule) -> None:
-    """One sentence naming the first bad field of the shared schedule (the training-time methods check their
-    own fields besides)."""
-    for name in ("epochs", "batch_size"):
-        if getattr(c, name) < 1:
-            raise SmallsetError(f"{name} must be at least 1; got {getattr(c, name)}.", option=name)
-    if c.warmup_epochs < 0:
-        raise SmallsetError(f"warmup_epochs cannot be negative; got {c.warmup_epochs}.", option="warmup_epochs")
-    for name in ("lr", "momentum", "weight_decay"):
-        if not getattr(c, name) >= 0:
-            raise SmallsetError(f"{name} cannot be negative; got {getattr(c, name)}.", option=name)
-    if not c.lr_gamma > 0:
-        raise SmallsetError(f"lr_gamma must be positive; got {c.lr_gamma}.", option="lr_gamma")
+def check_milestones(c: TrainingSchedule) -> None:
+    """What the schedule's field declarations cannot say: ``lr_milestones`` parses (the training-time methods'
+    ``check_config`` adds it to the declared ranges)."""
     parse_epochs(c.lr_milestones)
-    augment_flags(c.augment, 1)
+
+
+class TrainingTimeSelector(Selector):
+    """Capability: a selector that trains a model itself on a :class:`TrainingSchedule` within a step budget
+    and reports that model's test accuracy (CREST, InfoBatch, random_steps); comparisons judge it by it,
+    against random_steps on the same schedule (smallset.comparison)."""
+
+    trains_model = True
+    uses_model = True
+    higher_is_keep = None
+    demo = dict(DEMO_SCHEDULE)  # one schedule for every training-time method in `smallset demo`
+
+    @classmethod
+    def check_config(cls, config: TrainingSchedule) -> None:
+        super().check_config(config)  # the declared ranges
+        check_milestones(config)

@@ -12,11 +12,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from smallset.budget import FRACTION, BudgetUnit
 from smallset.config import NoConfig  # noqa: F401  (re-exported for method modules)
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.method import Method, Reduction, register_method
+from smallset.method import Method, Prepared, Reduction, register_method
 from smallset.registry import Registry
 
 
@@ -40,7 +41,7 @@ class Selector(Method):
     """Base class of selectors: implement :meth:`select` (and :meth:`prepare` when they rank examples)."""
 
     kind: ClassVar[str] = "prune"
-    budget_unit: ClassVar[str] = "fraction"
+    budget_unit: ClassVar[BudgetUnit] = FRACTION
     higher_is_keep: ClassVar[bool | None] = None  # None: this selector has no ranking scores
     # True for training-time methods (CREST, InfoBatch, random_steps): they train a model themselves within a
     # step budget and report its test accuracy; comparisons judge them by it, against random_steps.
@@ -49,16 +50,22 @@ class Selector(Method):
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared: Any = None) -> Selection:
         raise NotImplementedError
 
-    def reduce(self, ds: ImageDataset, budget: float, ctx: RunContext, prepared: Any = None) -> Reduction:
+    def reduce(self, ds: ImageDataset, budget: float, ctx: RunContext, prepared: Prepared | None = None) -> Reduction:
         check_fraction_fits(budget, ds.class_counts())
-        if prepared is None and self.has_prepare():
-            prepared = self.prepare(ds, ctx)
-        self.check_finite(prepared, "scores")
-        sel = self.select(ds, check_fraction(budget), ctx, prepared)
+        state = self.state_for(ds, ctx, prepared)
+        self.check_finite(state.value, "scores")
+        sel = self.select(ds, check_fraction(budget), ctx, state.value)
         self.check_finite(sel.scores, "scores")
         self.check_finite(sel.weights, "weights")
-        scores = sel.scores if sel.scores is not None else (prepared if _is_score_vector(prepared, ds) else None)
-        return Reduction(ds.subset(sel.indices, sel.weights), dict(sel.info), scores)
+        scores = sel.scores if sel.scores is not None else (state.value if _is_score_vector(state.value, ds) else None)
+        return Reduction(ds.subset(sel.indices, sel.weights), {**state.info, **sel.info}, scores)
+
+    def prepared_value(self, ds: ImageDataset, ctx: RunContext, prepared: Any) -> Any:
+        """What :meth:`select` works from: the prepared value handed in, or (a direct call without one) the
+        preparation's value, run now."""
+        if isinstance(prepared, Prepared):
+            return prepared.value
+        return prepared if prepared is not None else self.state_for(ds, ctx, None).value
 
     # The config fields to lower when the scoring training diverges (named in the error sentence).
     divergence_options: ClassVar[tuple[str, ...]] = ("lr", "feature_lr")
@@ -66,7 +73,8 @@ class Selector(Method):
     def check_finite(self, value: Any, what: str) -> None:
         """Refuse non-finite scores, features or weights (a diverged scoring run) with one sentence."""
         tensors = [value] if isinstance(value, torch.Tensor) else \
-            [v for v in (value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ())
+            [v for v in (value.values() if isinstance(value, dict) else value if isinstance(value, (list,
+                                                                                                    tuple)) else ())
              if isinstance(v, torch.Tensor)]
         if all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in tensors):
             return
@@ -88,23 +96,7 @@ def register_selector(name: str):
     return register_method(SELECTORS, name)
 
 
-from smallset.budget import check_fraction  # noqa: E402  (torch-free, for the command line; re-exported)
-
-
-def check_fraction_fits(fraction: float, counts: list[int]) -> float:
-    """Refuse a fraction that keeps fewer examples than there are classes (round(fraction × N) < C): the
-    set would lose whole classes, or be empty. The sentence gives the smallest fraction that keeps one
-    example per class."""
-    fraction = check_fraction(fraction)
-    n, k = sum(counts), sum(1 for c in counts if c > 0)
-    total = int(math.floor(fraction * n + 0.5))
-    if n and total < k:
-        digits = 3 - int(math.floor(math.log10(k / n))) - 1
-        smallest = math.ceil(k / n * 10 ** digits) / 10 ** digits
-        raise SmallsetError(f"fraction {fraction:g} keeps {total} of {n} examples, fewer than one per class "
-                            f"({k} class{'es' if k != 1 else ''}); the smallest fraction that keeps one example per class is "
-                            f"{smallest:g}.", option="fraction")
-    return fraction
+from smallset.budget import check_fraction, check_fraction_fits  # noqa: E402,F401  (torch-free; re-exported)
 
 
 def class_budgets(counts: list[int], fraction: float) -> list[int]:

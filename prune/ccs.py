@@ -21,6 +21,7 @@ from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.method import Prepared
 from smallset.prune._features import check_scores, class_positions, ranked_keep
 from smallset.prune.base import SELECTORS, Selection, Selector, check_fraction, class_budgets, register_selector
 
@@ -43,12 +44,12 @@ class CCSConfig:
                                "(table on CIFAR-10, the data it was tuned on; search on any other data)")
     beta_table: str = option(CIFAR10_BETA_TABLE, "pruning rate:beta pairs; beta of the largest listed rate not "
                                                  "above 1 - fraction, 0 below them (paper's CIFAR-10 row)")
-    strata: int = option(50, "equal-width score strata k (paper: 50)")
+    strata: int = option(50, "equal-width score strata k (paper: 50)", ge=1)
     balance: bool = option(True, "per class: cutoff, strata and round(fraction*n_c) budget in each class; off: "
                                  "over the whole set (the authors' code)")
     search_grid: str = option("0,0.1,0.3", "beta values tried by beta=search (the grid measured on MNIST)")
     val_fraction: float = option(0.1, "share of each class held out from the training set to score beta=search "
-                                      "candidates (never the test split)")
+                                      "candidates (never the test split)", gt=0, lt=1)
     search_protocol: str = option("demo", "evaluation protocol (smallset.train) that trains each beta=search "
                                           "candidate on its coreset")
 
@@ -167,6 +168,8 @@ def beta_rule(beta: Any, dataset_key: str | None) -> float | str:
 
 
 def check_ccs_config(c: CCSConfig) -> None:
+    """What the field declarations cannot say: the score is a ranking selector whose options hold, and the
+    β rule, table, grid and search protocol parse."""
     names = scorer_names()
     if c.score not in names:
         raise SmallsetError(f"score must be one of {', '.join(names)} (a selector with ranking scores); "
@@ -181,10 +184,6 @@ def check_ccs_config(c: CCSConfig) -> None:
     parse_beta(c.beta)
     parse_rates(c.beta_table, "beta_table", pairs=True)
     parse_rates(c.search_grid, "search_grid", pairs=False)
-    if c.strata < 1:
-        raise SmallsetError(f"strata must be at least 1; got {c.strata}.", option="strata")
-    if not (0.0 < c.val_fraction < 1.0):
-        raise SmallsetError(f"val_fraction must lie in (0, 1); got {c.val_fraction}.", option="val_fraction")
     from smallset.train import PROTOCOLS
 
     if c.search_protocol not in PROTOCOLS:
@@ -204,18 +203,21 @@ class CCSSelector(Selector):
 
     @classmethod
     def check_config(cls, config: CCSConfig) -> None:
-        """The score name and options, β and the search settings, checked as a whole before any run."""
+        """The declared ranges, then the score name and options, β and the search settings, checked as a whole
+        before any run."""
+        super().check_config(config)
         check_ccs_config(config)
 
     def scorer(self) -> Selector:
         cls = SELECTORS.get(self.config.score)
         return cls(cls.make_config(dict(self.config.score_options)))
 
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
-        """The scorer's prepared scores (float32, one per example)."""
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> Prepared:
+        """The scorer's prepared scores (float32, one per example) and what its preparation measured."""
         self.check_config(self.config)
-        scores = self.scorer().prepare(ds, ctx)
-        return check_scores(ds, torch.as_tensor(scores)).float().cpu()
+        scorer = self.scorer().prepare(ds, ctx)
+        return Prepared(check_scores(ds, torch.as_tensor(scorer.value)).float().cpu(), dict(scorer.info),
+                        scorer.units)
 
     def difficulty(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores oriented so that high = hard (= what the scorer itself would keep first)."""
@@ -242,7 +244,7 @@ class CCSSelector(Selector):
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
         self.check_config(self.config)
-        scores = self.prepare(ds, ctx) if prepared is None else prepared
+        scores = self.prepared_value(ds, ctx, prepared)
         scores = check_scores(ds, torch.as_tensor(scores)).float().cpu()
         difficulty = self.difficulty(scores)
         mode = beta_rule(self.config.beta, ds.dataset_key)

@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.train import accuracy
-from smallset.prune.base import Selection, Selector, check_fraction, register_selector
+from smallset.prune._training import (
+    TrainingSchedule,
+    TrainingTimeSelector,
+    accuracy_on_test_split,
+    augment_flags,
+    crop_flip,
+    parse_epochs,
+    warmup_multistep_lr,
+)
+from smallset.prune.base import Selection, check_fraction, register_selector
 from smallset.prune.submodular import euclidean_similarity, facility_location_greedy
-from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
-                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
+from smallset.train import accuracy
 
 EVAL_CHUNK = 1024  # rows per forward pass when scoring random subsets
 
@@ -36,40 +43,32 @@ class CrestConfig(TrainingSchedule):
     """CREST hyperparameters on the training-time methods' shared schedule (:class:`TrainingSchedule`, whose
     defaults are CREST's); defaults are the reference release's (docs/methods/crest.md#crest-defaults)."""
 
-    batch_size: int = field(default=128, metadata={
-        "help": "SGD mini-batch size B (also sets ceil(B/C) per class per coreset)."})
-    random_subset_size: float = field(default=0.01, metadata={
-        "help": "Random subset size r as a fraction of N (ceil(r·N/C) per class)."})
-    num_minibatch_coreset: int = field(default=5, metadata={"help": "Coresets P at the first selection."})
-    check_interval: int = field(default=1, metadata={"help": "Steps between quadratic-model checks at first."})
-    interval_mul: float = field(default=1.0, metadata={
-        "help": "check_interval = ceil(kappa0 / kappa × interval_mul)."})
-    batch_num_mul: float = field(default=5.0, metadata={
-        "help": "P = min(check_interval × batch_num_mul, steps per epoch)."})
-    check_thresh_factor: float = field(default=0.1, metadata={
-        "help": "tau: re-select when |L_true − L_approx| > tau × L_true."})
-    consistent_check: bool = field(default=False, metadata={
-        "help": "Take the check's L0 as the eval-mode loss on the random subsets at selection time, so that "
-                "both sides of the check are the same loss (a deviation suggested by the spec; see "
-                "docs/methods/crest.md)."})
-    check_subsets: int = field(default=0, metadata={
-        "help": "Random subsets the check computes L_true on: 0 = all P (reference); k = the first k only, "
-                "a cheaper check for CPUs (a deviation, see docs/methods/crest.md)."})
-    approx_moment: bool = field(default=True, metadata={
-        "help": "Use the Adahessian EMA sqrt(s) as the Hessian diagonal (else the raw Hutchinson mean)."})
-    drop_learned: bool = field(default=True, metadata={
-        "help": "Drop learned examples from the pool (paper; off in the release)."})
-    watch_interval: int = field(default=5, metadata={"help": "Loss-record slots (epochs) for the learned test."})
-    drop_interval: int = field(default=20, metadata={"help": "Try dropping learned examples every this many epochs."})
-    drop_thresh: float = field(default=0.1, metadata={
-        "help": "An example is learned when every recorded loss is at most this."})
-    min_pool_fraction: float = field(default=0.8, metadata={
-        "help": "Drop only while the pool keeps more than this fraction of N (reference: 40000 of 50000)."})
-    test_every: int = field(default=0, metadata={
-        "help": "Evaluate on the test split every this many epochs (0: only at the end)."})
-    augment: Literal["none", "auto", "crop_flip", "crop"] = field(default="none", metadata={
-        "help": "Training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images); "
-                "selection and checks use clean inputs (docs/methods/crest.md)."})
+    batch_size: int = option(128, "SGD mini-batch size B (also sets ceil(B/C) per class per coreset).", ge=1)
+    random_subset_size: float = option(0.01, "Random subset size r as a fraction of N (ceil(r·N/C) per class).",
+                                       gt=0, le=1)
+    num_minibatch_coreset: int = option(5, "Coresets P at the first selection.", ge=1)
+    check_interval: int = option(1, "Steps between quadratic-model checks at first.", ge=1)
+    interval_mul: float = option(1.0, "check_interval = ceil(kappa0 / kappa × interval_mul).", gt=0)
+    batch_num_mul: float = option(5.0, "P = min(check_interval × batch_num_mul, steps per epoch).", gt=0)
+    check_thresh_factor: float = option(0.1, "tau: re-select when |L_true − L_approx| > tau × L_true.", ge=0)
+    consistent_check: bool = option(
+        False, "Take the check's L0 as the eval-mode loss on the random subsets at selection time, so that both "
+               "sides of the check are the same loss (a deviation suggested by the spec; see docs/methods/crest.md).")
+    check_subsets: int = option(
+        0, "Random subsets the check computes L_true on: 0 = all P (reference); k = the first k only, a cheaper "
+           "check for CPUs (a deviation, see docs/methods/crest.md).", ge=0)
+    approx_moment: bool = option(
+        True, "Use the Adahessian EMA sqrt(s) as the Hessian diagonal (else the raw Hutchinson mean).")
+    drop_learned: bool = option(True, "Drop learned examples from the pool (paper; off in the release).")
+    watch_interval: int = option(5, "Loss-record slots (epochs) for the learned test.", ge=1)
+    drop_interval: int = option(20, "Try dropping learned examples every this many epochs.", ge=1)
+    drop_thresh: float = option(0.1, "An example is learned when every recorded loss is at most this.")
+    min_pool_fraction: float = option(
+        0.8, "Drop only while the pool keeps more than this fraction of N (reference: 40000 of 50000).", ge=0, le=1)
+    test_every: int = option(0, "Evaluate on the test split every this many epochs (0: only at the end).", ge=0)
+    augment: Literal["none", "auto", "crop_flip", "crop"] = option(
+        "none", "Training-batch augmentation: reflect-pad-4 random crop and flip (auto: flip only colour images); "
+                "selection and checks use clean inputs (docs/methods/crest.md).")
 
 
 def lr_for_epoch(cfg: CrestConfig, epoch: int) -> float:
@@ -88,29 +87,6 @@ def budget_steps(n: int, fraction: float, cfg: CrestConfig) -> tuple[int, int]:
     spe = math.ceil(n_sub / cfg.batch_size)
     return spe, cfg.epochs * spe
 
-
-def validate_config(cfg: CrestConfig) -> None:
-    """One sentence naming the first bad field: the shared schedule's, then CREST's own."""
-    validate_schedule(cfg)
-    if cfg.check_subsets < 0:
-        raise SmallsetError("check_subsets cannot be negative (0 checks on all random subsets).", option="check_subsets")
-    for name in ("num_minibatch_coreset", "check_interval", "watch_interval", "drop_interval"):
-        if int(getattr(cfg, name)) < 1:
-            raise SmallsetError(f"{name} must be at least 1; got {getattr(cfg, name)}.", option=name)
-    if cfg.test_every < 0:
-        raise SmallsetError(f"test_every cannot be negative; got {cfg.test_every}.", option="test_every")
-    if not (0.0 < cfg.random_subset_size <= 1.0):
-        raise SmallsetError(f"random_subset_size must lie in (0, 1]; got {cfg.random_subset_size}.",
-                            option="random_subset_size")
-    for name in ("interval_mul", "batch_num_mul"):
-        if not getattr(cfg, name) > 0:
-            raise SmallsetError(f"{name} must be positive; got {getattr(cfg, name)}.", option=name)
-    if not cfg.check_thresh_factor >= 0:
-        raise SmallsetError(f"check_thresh_factor cannot be negative; got {cfg.check_thresh_factor}.",
-                            option="check_thresh_factor")
-    if not (0.0 <= cfg.min_pool_fraction <= 1.0):
-        raise SmallsetError(f"min_pool_fraction must lie in [0, 1]; got {cfg.min_pool_fraction}.",
-                            option="min_pool_fraction")
 
 
 def _flat(tensors, params) -> torch.Tensor:
@@ -475,28 +451,20 @@ class _Crest:
         return info
 
 @register_selector("crest")
-class CrestSelector(Selector):
+class CrestSelector(TrainingTimeSelector):
     """Train on weighted mini-batch coresets within fraction × the full run's SGD steps (CREST).
 
     Returns the examples it trained on, weighted by how often they were selected; ``info`` holds the trained
     model's test accuracy and the training curves. See docs/methods/crest.md."""
 
     config_cls = CrestConfig
-    trains_model = True
-    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": "", "random_subset_size": 0.3,
              "num_minibatch_coreset": 2, "drop_learned": False}
-    higher_is_keep = None
-    uses_model = True
-
-    @classmethod
-    def check_config(cls, config: CrestConfig) -> None:
-        validate_config(config)
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
         cfg = self.config
-        validate_config(cfg)
+        self.check_config(cfg)  # a config built by hand
         if len(ds) == 0:
             raise SmallsetError("CREST needs a non-empty training set.")
         run = _Crest(cfg, ds, fraction, ctx)

@@ -36,7 +36,7 @@ def el2n_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
 @dataclass
 class EL2NConfig(ScoringConfig):
     epochs: int = option(20, "training epochs of each scoring run before scoring (paper: 20 of 200 on CIFAR-10; "
-                             "0: at initialisation)", prepare=True)
+                             "0: at initialisation)", prepare=True, ge=0)
 
 
 @register_selector("el2n")

@@ -9,17 +9,18 @@ Rationale and the paper's recipe: docs/methods/forgetting.md.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.prune.base import Selection, Selector, check_fraction, register_selector
-from smallset.prune._features import keep_highest, seeded_model, sgd_epochs
+from smallset.method import Prepared, PreparesInUnits
+from smallset.prune._features import keep_highest_selection, seeded_model, sgd_epochs
+from smallset.prune.base import Selection, Selector, register_selector
 
 
 def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "toneva") -> torch.Tensor:
@@ -44,90 +45,64 @@ def forgetting_counts(correct_history: torch.Tensor, never_learned: str = "tonev
 
 @dataclass
 class ForgettingConfig:
-    score_epochs: int = field(default=10, metadata={"prepare": True, 
-        "help": "epochs (= presentations per example) of the scoring training run (DeepCore paper: 10)"})
-    score_runs: int = field(default=1, metadata={"prepare": True, 
-        "help": "independently seeded scoring runs whose counts are summed (Toneva: 5, DeepCore: 1)"})
-    never_learned: Literal["toneva", "deepcore"] = field(default="deepcore", metadata={"prepare": True,
-        "help": "count for never-correct examples: deepcore = 0 (default, measured better: BENCHMARKS.md), "
-                "toneva = number of presentations"})
-    balance: bool = field(default=True, metadata={
-        "help": "keep round(fraction*n_c) per class (DeepCore default); off: the global top fraction"})
-    lr: float = field(default=0.1, metadata={"prepare": True, "help": "SGD learning rate of the scoring run (constant)"})
-    momentum: float = field(default=0.9, metadata={"prepare": True, "help": "SGD momentum (Nesterov) of the scoring run"})
-    weight_decay: float = field(default=5e-4, metadata={"prepare": True, "help": "SGD weight decay of the scoring run"})
-    batch_size: int = field(default=128, metadata={"prepare": True, "help": "mini-batch size of the scoring run"})
+    score_epochs: int = option(10, "epochs (= presentations per example) of the scoring training run (DeepCore "
+                                   "paper: 10)", prepare=True, ge=1)
+    score_runs: int = option(1, "independently seeded scoring runs whose counts are summed (Toneva: 5, DeepCore: 1)",
+                             prepare=True, ge=1)
+    never_learned: Literal["toneva", "deepcore"] = option(
+        "deepcore", "count for never-correct examples: deepcore = 0 (default, measured better: BENCHMARKS.md), "
+                    "toneva = number of presentations", prepare=True)
+    balance: bool = option(True, "keep round(fraction*n_c) per class (DeepCore default); off: the global top fraction")
+    lr: float = option(0.1, "SGD learning rate of the scoring run (constant)", prepare=True, gt=0)
+    momentum: float = option(0.9, "SGD momentum (Nesterov) of the scoring run", prepare=True, ge=0)
+    weight_decay: float = option(5e-4, "SGD weight decay of the scoring run", prepare=True, ge=0)
+    batch_size: int = option(128, "mini-batch size of the scoring run", prepare=True, ge=1)
 
 
 @register_selector("forgetting")
-class ForgettingSelector(Selector):
+class ForgettingSelector(PreparesInUnits, Selector):
     """Keep the most forgotten examples (Toneva et al.; DeepCore variant,
     docs/methods/forgetting.md#forgetting-deepcore)."""
 
     config_cls = ForgettingConfig
     demo = {"score_epochs": 3}
-    smoke = {"score_epochs": 2, "batch_size": 8}
+    smoke = {"score_epochs": 2, "batch_size": 8, "score_runs": 2}
     higher_is_keep = True  # most forgotten first
     uses_model = True
 
-    def __init__(self, config: ForgettingConfig | None = None):
-        super().__init__(config)
-        self.score_info: dict = {}
+    def unit_count(self) -> int:
+        return self.config.score_runs
 
-    @classmethod
-    def check_config(cls, c: ForgettingConfig) -> None:
-        if c.score_epochs < 1:
-            raise SmallsetError("score_epochs must be at least 1 (one presentation per example per epoch).",
-                                option="score_epochs")
-        if c.score_runs < 1:
-            raise SmallsetError("score_runs must be at least 1.", option="score_runs")
-        if c.batch_size < 1:
-            raise SmallsetError("batch_size must be at least 1.", option="batch_size")
-        if not c.lr > 0:
-            raise SmallsetError(f"lr must be positive; got {c.lr}.", option="lr")
-
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
-        """Forgetting counts (float32, one per example), summed over ``score_runs`` runs."""
+    def run_unit(self, ds: ImageDataset, ctx: RunContext, index: int) -> tuple[torch.Tensor, list[float]]:
+        """Scoring run ``index``: its forgetting counts (int64, one per example) and the per-epoch accuracy of
+        its recorded forward passes."""
         self.check_config(self.config)
         c = self.config
         x = ds.normalized().to(ctx.device)
         y = ds.labels.to(ctx.device)
+        model = seeded_model(ds, ctx, offset=1000 * index)
+        history = torch.zeros(c.score_epochs, len(ds), dtype=torch.bool, device=ctx.device)
+
+        def record(ep, idx, logits):
+            history[ep, idx] = logits.argmax(1) == y[idx]
+
+        sgd_epochs(model, x, y, c.score_epochs, ctx.generator(1000 * index + 1), lr=c.lr,
+                   batch_size=c.batch_size, momentum=c.momentum, weight_decay=c.weight_decay,
+                   nesterov=True, on_batch=record)
+        if not torch.isfinite(next(model.parameters())).all():
+            raise SmallsetError("The scoring run diverged (NaN weights); lower lr.", option="lr")
+        return forgetting_counts(history.cpu(), c.never_learned), history.float().mean(1).cpu().tolist()
+
+    def combine(self, ds: ImageDataset, ctx: RunContext, units: list) -> Prepared:
+        """Forgetting counts summed over the runs (float32, one per example); run 0's per-epoch accuracy."""
         total = torch.zeros(len(ds), dtype=torch.int64)
-        train_acc: list[float] = []
-        for run in range(c.score_runs):
-            model = seeded_model(ds, ctx, offset=1000 * run)
-            history = torch.zeros(c.score_epochs, len(ds), dtype=torch.bool, device=ctx.device)
-
-            def record(ep, idx, logits, history=history):
-                history[ep, idx] = logits.argmax(1) == y[idx]
-
-            sgd_epochs(model, x, y, c.score_epochs, ctx.generator(1000 * run + 1), lr=c.lr,
-                       batch_size=c.batch_size, momentum=c.momentum, weight_decay=c.weight_decay,
-                       nesterov=True, on_batch=record)
-            if not torch.isfinite(next(model.parameters())).all():
-                raise SmallsetError("The scoring run diverged (NaN weights); lower lr.", option="lr")
-            total += forgetting_counts(history.cpu(), c.never_learned)
-            if run == 0:
-                train_acc = history.float().mean(1).cpu().tolist()
-        hist = total.float()
-        self.score_info = {
-            "score_train_accuracy": train_acc,  # per-epoch accuracy of the recorded forward passes (run 0)
-        }
-        return hist
+        for counts, _ in units:
+            total += counts
+        # per-epoch accuracy of the recorded forward passes (run 0)
+        return Prepared(total.float(), {"score_train_accuracy": units[0][1]}, tuple(units))
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
-        fraction = check_fraction(fraction)
-        info: dict = {}
-        scores = prepared
-        if scores is None:
-            scores = self.prepare(ds, ctx)
-            info.update(self.score_info)
-        scores, indices = keep_highest(ds, scores, fraction, self.config.balance, ctx.generator(17))
-        kept = scores[indices]
-        info.update({
-            "unforgettable_fraction": float((scores == 0).float().mean()),
-            "mean_forgetting": float(scores.mean()),
-            "kept_mean_forgetting": float(kept.mean()) if len(kept) else 0.0,
-            "kept_min_forgetting": float(kept.min()) if len(kept) else 0.0,
-        })
-        return Selection(indices, torch.ones(len(indices)), scores=scores, info=info)
+        sel = keep_highest_selection(ds, self.prepared_value(ds, ctx, prepared), fraction, self.config.balance,
+                                     ctx, "forgetting")
+        sel.info["unforgettable_fraction"] = float((sel.scores == 0).float().mean())
+        return sel

@@ -10,19 +10,19 @@ Rationale and the paper's recipe: docs/methods/geda.md.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from smallset.config import option
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
-from smallset.prune.base import Selection, Selector, check_fraction, class_budgets, register_selector
+from smallset.method import Prepared
 from smallset.prune._features import check_scores, class_positions, seeded_model, sgd_epochs
 from smallset.prune._gradients import full_grad_norms, last_layer_grad_norms
+from smallset.prune.base import Selection, Selector, check_fraction, class_budgets, register_selector
 
 
 # --- the ECDF-matching problem (pure functions on 1-D tensors) ---------------------------------------------
@@ -219,23 +219,23 @@ def fill_cells(p: _ClassProblem, y: torch.Tensor, fill: str, generator: torch.Ge
 # --- the selector -----------------------------------------------------------------------------------------
 @dataclass
 class GEDAConfig:
-    warmup_epochs: int = field(default=0, metadata={"prepare": True, 
-        "help": "SGD epochs on the full data before measuring gradient norms (0: the model at initialisation)"})
-    gradient: Literal["last_layer", "full"] = field(default="last_layer", metadata={"prepare": True, 
-        "help": "last_layer: closed-form norm of the classifier's gradient; full: all parameters (vmap)"})
-    lr: float = field(default=0.01, metadata={"prepare": True, "help": "SGD learning rate of the warm-up epochs"})
-    batch_size: int = field(default=128, metadata={"prepare": True, "help": "mini-batch size of the warm-up epochs"})
-    nodes: int = field(default=5, metadata={"help": "trapezoid-rule nodes N on the gradient-norm axis (thesis: 5)"})
-    node_placement: Literal["uniform", "quantile"] = field(default="uniform", metadata={
-        "help": "nodes equally spaced on [min, max] of the class's norms, or at their quantiles"})
-    milp: Literal["reduced", "full", "closed_form"] = field(default="reduced", metadata={
-        "help": "reduced: per-cell counts (CBC); full: one binary per example (CBC, small data); closed_form"})
-    fill: Literal["systematic", "random"] = field(default="systematic", metadata={
-        "help": "which examples inside a cell: evenly spaced ranks of the norm, or a seeded random draw"})
-    weighting: Literal["none", "cell"] = field(default="none", metadata={
-        "help": "none: weights 1 (thesis); cell: (cell share in class)/(cell share in subset)"})
-    full_milp_max: int = field(default=2000, metadata={
-        "help": "largest dataset (examples) for which milp=full is attempted"})
+    warmup_epochs: int = option(0, "SGD epochs on the full data before measuring gradient norms (0: the model at "
+                                   "initialisation)", prepare=True, ge=0)
+    gradient: Literal["last_layer", "full"] = option(
+        "last_layer", "last_layer: closed-form norm of the classifier's gradient; full: all parameters (vmap)",
+        prepare=True)
+    lr: float = option(0.01, "SGD learning rate of the warm-up epochs", prepare=True, gt=0)
+    batch_size: int = option(128, "mini-batch size of the warm-up epochs", prepare=True, ge=1)
+    nodes: int = option(5, "trapezoid-rule nodes N on the gradient-norm axis (thesis: 5; both ends needed)", ge=2)
+    node_placement: Literal["uniform", "quantile"] = option(
+        "uniform", "nodes equally spaced on [min, max] of the class's norms, or at their quantiles")
+    milp: Literal["reduced", "full", "closed_form"] = option(
+        "reduced", "reduced: per-cell counts (CBC); full: one binary per example (CBC, small data); closed_form")
+    fill: Literal["systematic", "random"] = option(
+        "systematic", "which examples inside a cell: evenly spaced ranks of the norm, or a seeded random draw")
+    weighting: Literal["none", "cell"] = option(
+        "none", "none: weights 1 (thesis); cell: (cell share in class)/(cell share in subset)")
+    full_milp_max: int = option(2000, "largest dataset (examples) for which milp=full is attempted", ge=0)
 
 
 @register_selector("geda")
@@ -247,7 +247,7 @@ class GEDASelector(Selector):
     higher_is_keep = None
     uses_model = True
 
-    def prepare(self, ds: ImageDataset, ctx: RunContext) -> torch.Tensor:
+    def prepare(self, ds: ImageDataset, ctx: RunContext) -> Prepared:
         """Per-example gradient norms at θ₀ (float32, CPU)."""
         c = self.config
         if c.warmup_epochs < 0:
@@ -263,7 +263,7 @@ class GEDASelector(Selector):
             g = last_layer_grad_norms(model, x, y)
         else:
             g = full_grad_norms(model, x, y)
-        return g.float().cpu()
+        return Prepared(g.float().cpu())
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
@@ -279,7 +279,7 @@ class GEDASelector(Selector):
                 f"milp='full' needs one binary variable per example and {len(ds)} examples exceed "
                 f"full_milp_max={c.full_milp_max}; use milp='reduced', which has the same optimum."
             )
-        scores = check_scores(ds, self.prepare(ds, ctx) if prepared is None else prepared).cpu()
+        scores = check_scores(ds, self.prepared_value(ds, ctx, prepared)).cpu()
         t0 = time.perf_counter()
         budgets = class_budgets(ds.class_counts(), fraction)
         classes = [(idx, m) for idx, m in zip(class_positions(ds), budgets) if m > 0]
@@ -304,7 +304,8 @@ class GEDASelector(Selector):
                 y = counts[i]
                 ranks, cells = fill_cells(p, y, c.fill, gen)
             if int(y.sum()) != m or bool((y > s).any()) or bool((y < 0).any()):
-                raise SmallsetError("The GEDA solver returned an infeasible allocation; use milp=closed_form.", option="milp")
+                raise SmallsetError("The GEDA solver returned an infeasible allocation; use milp=closed_form.",
+                                    option="milp")
             keep.append(idx[p.order[ranks]])
             if c.weighting == "cell":
                 w_cell = (s.double() / p.n) / (y.double().clamp_min(1) / m)

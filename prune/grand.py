@@ -32,7 +32,7 @@ def grand_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gradient: s
 @dataclass
 class GraNdConfig(ScoringConfig):
     epochs: int = option(0, "training epochs of each scoring run before scoring (paper: 0, at initialisation; "
-                            "it also reports epoch 20)", prepare=True)
+                            "it also reports epoch 20)", prepare=True, ge=0)
     gradient: Literal["full", "last_layer"] = option(
         "full", "parameters of the gradient norm: full = all (paper), last_layer = the classifier only (cheap "
                 "closed form)", prepare=True)

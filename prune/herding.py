@@ -8,12 +8,12 @@ Rationale and the paper's recipe: docs/methods/herding.md.
 """
 from __future__ import annotations
 
-import torch
-
-from smallset.prune.base import register_selector
 from dataclasses import dataclass
 
+import torch
+
 from smallset.prune._features import FeatureConfig, FeatureSelector
+from smallset.prune.base import register_selector
 
 
 @dataclass

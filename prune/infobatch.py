@@ -26,9 +26,16 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
-                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
-from smallset.prune.base import Selection, Selector, check_fraction, register_selector
+from smallset.prune._training import (
+    TrainingSchedule,
+    TrainingTimeSelector,
+    accuracy_on_test_split,
+    augment_flags,
+    crop_flip,
+    parse_epochs,
+    warmup_multistep_lr,
+)
+from smallset.prune.base import Selection, check_fraction, register_selector
 from smallset.train import accuracy
 
 INITIAL_SCORE = 3.0  # the package's constant initial loss: nothing lies below the mean, epoch 0 is full
@@ -40,25 +47,16 @@ class InfoBatchConfig(TrainingSchedule):
     defaults, :class:`TrainingSchedule`), so that the two run on the same schedule
     (docs/methods/infobatch.md#infobatch-recipe)."""
 
-    epochs: int = option(200, "epochs of the full run; the run has round(fraction × epochs) (as CREST's epochs)")
-    momentum: float = option(0.0, "SGD momentum (as CREST; InfoBatch's CIFAR example: 0.9)")
-    weight_decay: float = option(1e-4, "SGD weight decay (as CREST; InfoBatch's CIFAR example: 5e-4)")
+    epochs: int = option(200, "epochs of the full run; the run has round(fraction × epochs) (as CREST's epochs)",
+                         ge=1)
+    momentum: float = option(0.0, "SGD momentum (as CREST; InfoBatch's CIFAR example: 0.9)", ge=0)
+    weight_decay: float = option(1e-4, "SGD weight decay (as CREST; InfoBatch's CIFAR example: 5e-4)", ge=0)
     prune_ratio: float = option(0.5, "r: share of the below-mean-loss examples skipped each epoch; the kept ones "
-                                     "get loss weight 1/(1-r) (paper: 0.5)")
+                                     "get loss weight 1/(1-r) (paper: 0.5)", ge=0, lt=1)
     delta: float = option(0.875, "δ: prune while epoch+1 <= δ·epochs; the last (1-δ) of the epochs train on all "
-                                 "data (paper: 0.875, i.e. the last eighth)")
-    test_every: int = option(0, "evaluate on the test split every this many epochs (0: only at the end)")
+                                 "data (paper: 0.875, i.e. the last eighth)", ge=0, le=1)
+    test_every: int = option(0, "evaluate on the test split every this many epochs (0: only at the end)", ge=0)
 
-
-def validate_config(c: InfoBatchConfig) -> None:
-    """One sentence naming the first bad field."""
-    if not (0.0 <= c.prune_ratio < 1.0):
-        raise SmallsetError(f"prune_ratio must lie in [0, 1); got {c.prune_ratio}.", option="prune_ratio")
-    if not (0.0 <= c.delta <= 1.0):
-        raise SmallsetError(f"delta must lie in [0, 1]; got {c.delta}.", option="delta")
-    if c.test_every < 0:
-        raise SmallsetError(f"test_every cannot be negative; got {c.test_every}.", option="test_every")
-    validate_schedule(c)
 
 
 # --- the pieces (docs/methods/infobatch.md#infobatch-algorithm) -------------------------------------------
@@ -242,27 +240,19 @@ class _InfoBatch:
 
 
 @register_selector("infobatch")
-class InfoBatchSelector(Selector):
+class InfoBatchSelector(TrainingTimeSelector):
     """Train with unbiased dynamic data pruning (InfoBatch); return the examples trained on, weighted by use.
 
     ``info`` holds the trained model's test accuracy, the image passes and the per-epoch kept counts. See
     docs/methods/infobatch.md."""
 
     config_cls = InfoBatchConfig
-    trains_model = True
-    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 8, "batch_size": 8, "warmup_epochs": 0, "lr_milestones": "", "delta": 0.75,
              "augment": "crop_flip"}
-    higher_is_keep = None
-    uses_model = True
-
-    @classmethod
-    def check_config(cls, config: InfoBatchConfig) -> None:
-        validate_config(config)
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         fraction = check_fraction(fraction)
-        validate_config(self.config)
+        self.check_config(self.config)  # a config built by hand
         if len(ds) == 0:
             raise SmallsetError("InfoBatch needs a non-empty training set.")
         run = _InfoBatch(self.config, ds, fraction, ctx)

@@ -8,12 +8,13 @@ Rationale and the paper's recipe: docs/methods/kcenter.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from dataclasses import dataclass, field
-
-from smallset.prune.base import register_selector
+from smallset.config import option
 from smallset.prune._features import FeatureConfig, FeatureSelector
+from smallset.prune.base import register_selector
 
 
 @dataclass
@@ -21,9 +22,8 @@ class KCenterConfig(FeatureConfig):
     """Features of the model trained 5 epochs by default: measured better than the untrained model's at every
     fraction of MNIST (BENCHMARKS.md, "Defaults chosen by measurement")."""
 
-    feature_epochs: int = field(default=5, metadata={"prepare": True, "help": (
-        "0: features of the randomly initialised (seeded) model; N: train it N epochs on the data first "
-        "(default 5, measured better than 0)")})
+    feature_epochs: int = option(5, "0: features of the randomly initialised (seeded) model; N: train it N epochs "
+                                    "on the data first (default 5, measured better than 0)", prepare=True, ge=0)
 
 
 def kcenter_order(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:

@@ -21,9 +21,16 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.models import seeded_model
-from smallset.prune._training import (DEMO_SCHEDULE, TrainingSchedule, accuracy_on_test_split, augment_flags,
-                                      crop_flip, parse_epochs, validate_schedule, warmup_multistep_lr)
-from smallset.prune.base import Selection, Selector, check_fraction, register_selector
+from smallset.prune._training import (
+    TrainingSchedule,
+    TrainingTimeSelector,
+    accuracy_on_test_split,
+    augment_flags,
+    crop_flip,
+    parse_epochs,
+    warmup_multistep_lr,
+)
+from smallset.prune.base import Selection, check_fraction, register_selector
 
 
 @dataclass
@@ -32,18 +39,11 @@ class RandomStepsConfig(TrainingSchedule):
 
 
 @register_selector("random_steps")
-class RandomStepsSelector(Selector):
+class RandomStepsSelector(TrainingTimeSelector):
     """Train on a fresh random floor(fraction·N) subset every epoch, on CREST's schedule and step budget."""
 
     config_cls = RandomStepsConfig
-    uses_model = True
-    trains_model = True
-    demo = dict(DEMO_SCHEDULE)  # shared by the training-time methods (prune/_training.py)
     smoke = {"epochs": 3, "batch_size": 12, "warmup_epochs": 0, "lr_milestones": ""}
-
-    @classmethod
-    def check_config(cls, config: RandomStepsConfig) -> None:
-        validate_schedule(config)
 
     def select(self, ds: ImageDataset, fraction: float, ctx: RunContext, prepared=None) -> Selection:
         cfg = self.config
@@ -52,7 +52,7 @@ class RandomStepsSelector(Selector):
         if n_epoch < 1:
             raise SmallsetError(f"fraction {fraction} of {len(ds)} examples is less than one example; use a larger "
                                 f"fraction.", option="fraction")
-        validate_schedule(cfg)
+        self.check_config(cfg)  # a config built by hand
         milestones = parse_epochs(cfg.lr_milestones)
         flags = augment_flags(cfg.augment, ds.channels)
         device = torch.device(ctx.device)

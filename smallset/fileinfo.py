@@ -59,7 +59,8 @@ def describe(path: str | os.PathLike) -> dict:
     pf = _parquet_file(path)
     meta = read_metadata_from_schema(pf.schema_arrow)
     if meta is None:
-        raise SmallsetError(f"{path} is not a smallset reduced dataset (no smallset metadata); use it as parquet:{path}.")
+        raise SmallsetError(f"{path} is not a smallset reduced dataset (no smallset metadata); use it as "
+                            f"parquet:{path}.")
     classes = meta.get("classes")
     missing = {"label", "weight"} - set(pf.schema_arrow.names)
     if missing or not isinstance(classes, list):
@@ -72,7 +73,8 @@ def describe(path: str | os.PathLike) -> dict:
         raise SmallsetError(f"{path} is a damaged smallset file ({e}).") from None
     if labels.dtype.kind not in "iu" or (len(labels) and (labels.min() < 0 or labels.max() >= len(classes))):
         raise SmallsetError(f"{path} is a damaged smallset file (labels outside 0..{len(classes) - 1}).")
-    counts = np.bincount(labels.astype(np.int64), minlength=len(classes)).tolist() if len(labels) else [0] * len(classes)
+    counts = np.bincount(labels.astype(np.int64),
+                         minlength=len(classes)).tolist() if len(labels) else [0] * len(classes)
     w = weights if len(weights) else np.ones(1)
     return {"meta": meta, "rows": int(len(labels)), "classes": [str(c) for c in classes], "per_class": counts,
             "weights": {"min": float(w.min()), "max": float(w.max()), "sum": float(weights.sum())}}

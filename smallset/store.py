@@ -147,7 +147,8 @@ def write_reduced(ds: ImageDataset, path: str | os.PathLike, meta: dict) -> Path
 
     path = Path(path)
     if path.exists() and path.is_dir():
-        raise SmallsetError(f"{path} is a directory; output needs a file name such as {path}/reduced.parquet.", option="output")
+        raise SmallsetError(f"{path} is a directory; output needs a file name such as {path}/reduced.parquet.",
+                            option="output")
     check_finite(ds)
     table = dataset_to_table(ds, meta)
     return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"), option="output")
@@ -162,37 +163,38 @@ def check_finite(ds: ImageDataset) -> None:
                             f"written. The method diverged: lower its learning rate and run again.")
 
 
-def read_reduced(path: str | os.PathLike) -> ImageDataset:
-    """Read a file written by :func:`write_reduced` back into the same in-memory dataset."""
+def _read_parquet(path: str | os.PathLike, read):
+    """``read(path)`` (pyarrow's read_table or read_schema) with one sentence for a missing or unreadable file."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
         raise SmallsetError(f"No such file: {path}.")
     try:
-        table = pq.read_table(path)
+        return read(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
+
+
+def read_reduced(path: str | os.PathLike) -> ImageDataset:
+    """Read a file written by :func:`write_reduced` back into the same in-memory dataset."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = _read_parquet(path, pq.read_table)
     meta = read_metadata_from_schema(table.schema)
     if meta is None:
-        raise SmallsetError(f"{path} is not a smallset reduced dataset (no smallset metadata); use it as parquet:{path}.")
+        raise SmallsetError(f"{path} is not a smallset reduced dataset (no smallset metadata); use it as "
+                            f"parquet:{path}.")
     return table_to_dataset(table, meta, path=path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The smallset metadata block of a reduced file, without reading the rows."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if not path.is_file():
-        raise SmallsetError(f"No such file: {path}.")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SmallsetError(f"{path} is not a readable Parquet file ({e}).") from None
-    meta = read_metadata_from_schema(schema)
+    meta = read_metadata_from_schema(_read_parquet(path, pq.read_schema))
     if meta is None:
         raise SmallsetError(f"{path} has no smallset metadata; it was not written by smallset.")
     return meta

@@ -1,5 +1,5 @@
 """What the command line offers, without importing torch: method names, kinds and options, models,
-protocols, augmentations and source types.
+protocols, augmentations, source types and which of those take a local path.
 
 Importing the methods means importing torch (about 2 s and 850 MB). The parser, ``smallset methods`` and
 every refusal that needs only names use this catalogue instead: a JSON file built once from the real
@@ -7,26 +7,26 @@ registries and cached under ``$SMALLSET_CACHE`` (default ``~/.cache/smallset``),
 version and the path, size and modification time of every module of the package, so a new or edited
 method rebuilds it on the next call. When the cache cannot be written the catalogue is built each time.
 
-The catalogue only ever refuses what the registries would refuse: names, and option values of the simple
-types (bool, int, float, str, a fixed choice). Everything else is checked by
-:func:`smallset.tasks.spec.resolve_cell` as before, once torch is loaded.
+A method's options are stored as their declarations (:func:`smallset.config.field_specs`: type, choices,
+range), and a value is checked against them by :func:`smallset.config.check_field`, the function
+``Method.check_config`` calls: the catalogue refuses exactly what the registries refuse for one option,
+with the same sentence. What needs the methods (rules between options, strings they parse, JSON values) is
+checked by :func:`smallset.tasks.spec.resolve_cell`, once torch is loaded.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
-import typing
 from pathlib import Path
-from typing import Any
 
 from smallset.registry import Registry
 
-CATALOG_FORMAT = 1
-PACKAGES = ("smallset", "smallset.prune", "smallset.distill")
+CATALOG_FORMAT = 2  # 2: each option's range (ge/gt/le/lt)
+PACKAGES = ("smallset", "smallset.prune", "smallset.distill", "smallset.protocols", "smallset.sources",
+            "smallset.augmentations")
 _MEMO: dict[str, dict] = {}
 
 
@@ -51,27 +51,10 @@ def fingerprint() -> str:
     return h.hexdigest()
 
 
-def type_spec(hint: Any) -> dict:
-    """A config field's type as the command line needs it (the simple types the catalogue can check)."""
-    if hint in (bool, int, float, str):
-        return {"type": hint.__name__}
-    if typing.get_origin(hint) is typing.Literal:
-        return {"type": "choice", "choices": list(typing.get_args(hint))}
-    return {"type": "json"}
-
-
-def hint_of(spec: dict) -> Any:
-    """The type hint :func:`smallset.config.coerce_value` checks a value against (None: not checked here)."""
-    t = spec.get("type")
-    if t == "choice":
-        return typing.Literal[tuple(spec["choices"])]
-    return {"bool": bool, "int": int, "float": float, "str": str}.get(t)
-
-
 def build() -> dict:
     """The catalogue from the real registries (imports every method, so torch)."""
     from smallset.augment import AUGMENTATIONS
-    from smallset.config import config_fields, field_default
+    from smallset.config import field_specs
     from smallset.data import SOURCES
     from smallset.models import model_names
     from smallset.tasks.methods import registries
@@ -81,16 +64,17 @@ def build() -> dict:
     for kind, reg in registries().items():
         for name in reg.names():
             cls = reg.get(name)
-            hints = typing.get_type_hints(cls.config_cls) if dataclasses.is_dataclass(cls.config_cls) else {}
             doc = (cls.__doc__ or "").strip().splitlines()
             methods[name] = {
                 "kind": kind,
+                "budget_unit": cls.budget_unit.name,
                 "doc": doc[0] if doc else "",
-                "fields": [{"name": f.name, "help": f.metadata.get("help", ""), "default": str(field_default(f)),
-                            **type_spec(hints.get(f.name))} for f in config_fields(cls.config_cls)],
+                # the options' declarations (type, choices, range), checked by smallset.config.check_field
+                "fields": [dict(spec) for spec in field_specs(cls.config_cls)],
             }
     return {"format": CATALOG_FORMAT, "methods": methods, "models": model_names(), "protocols": PROTOCOLS.names(),
-            "augmentations": AUGMENTATIONS.names(), "sources": SOURCES.names()}
+            "augmentations": AUGMENTATIONS.names(), "sources": SOURCES.names(),
+            "path_sources": [n for n in SOURCES.names() if SOURCES.get(n).takes_path]}
 
 
 def catalog() -> dict:
@@ -173,18 +157,18 @@ def check_source_type(kind: str) -> None:
     _names_registry("source type", catalog()["sources"]).get(kind)
 
 
+def source_takes_path(kind: str) -> bool:
+    """Whether the source kind's argument is a local path (``SourceKind.takes_path``)."""
+    return kind in catalog()["path_sources"]
+
+
 def check_overrides(method: str, overrides: dict | None) -> None:
-    """Unknown options and values of the simple types, with :func:`smallset.config.coerce_config`'s sentences."""
-    from smallset.config import coerce_value
-    from smallset.errors import SmallsetError
+    """Unknown options, and each value against its option's declaration (type, choices, range) with
+    :func:`smallset.config.check_field`, the check ``Method.check_config`` makes: the same sentences."""
+    from smallset.config import check_field, check_known
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    fields = {f["name"]: f for f in method_info(method)["fields"]}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise SmallsetError(
-            f"Method {method!r} has no option {', '.join(unknown)}; its options are: {', '.join(fields) or 'none'}.")
+    specs = {f["name"]: f for f in method_info(method)["fields"]}
+    check_known(method, list(specs), overrides)
     for key, value in overrides.items():
-        hint = hint_of(fields[key])
-        if hint is not None:
-            coerce_value(method, key, value, hint)
+        check_field(method, specs[key], value)

@@ -147,7 +147,8 @@ def quiet_smallset_errors() -> None:
     import prefect.main  # noqa: F401  (Prefect configures its logging when this is first imported)
 
     loggers = [logging.getLogger()] + [lg for name, lg in logging.Logger.manager.loggerDict.items()
-                                       if isinstance(lg, logging.Logger) and name.split(".")[0] in ("prefect", "distributed")]
+                                       if isinstance(lg, logging.Logger) and name.split(".")[0] in ("prefect",
+                                                                                                    "distributed")]
     for lg in loggers:
         for h in lg.handlers:
             if isinstance(h, logging.StreamHandler) and _FILTER not in h.filters:

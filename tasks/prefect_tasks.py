@@ -67,7 +67,8 @@ def _transient(task, task_run, state) -> bool:
 def prepare_cache_key(context, parameters: dict[str, Any]) -> str:
     cell = parameters["cell"]
     parts = steps.prepare_key(cell, source_of(cell).train)
-    return "smallset-prepared-" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
+    return "smallset-prepared-" + hashlib.sha256(json.dumps(parts, sort_keys=True,
+                                                            default=str).encode()).hexdigest()[:40]
 
 
 @task(name="prepare", cache_key_fn=prepare_cache_key, persist_result=True)
@@ -82,7 +83,7 @@ def reduce_task(cell: Cell, prepared: tuple[Any, float] | None = None) -> steps.
     value, seconds = prepared if prepared is not None else (None, 0.0)
     red = steps.reduce(cell, source_of(cell), prepared=value, prepare_seconds=seconds)
     get_run_logger().info("%s %s seed %d: %d examples in %.1f s", cell.method,
-                          cell.budget.label(cell.kind), cell.seed, len(red.dataset), red.seconds)
+                          cell.budget.label(cell.unit), cell.seed, len(red.dataset), red.seconds)
     return red
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smallset import store, tracking
+from smallset import comparison, store, tracking
 from smallset.data import Source
 from smallset.prune._training import schedule_key
 from smallset.tasks.spec import Cell
@@ -26,7 +26,7 @@ def write_and_log(
 ) -> dict:
     """Write the reduced Parquet file (atomically) and log the MLflow run; returns the result row."""
     ds = source.train
-    budget = cell.budget.for_kind(cell.kind, len(ds), ds.num_classes)
+    budget = cell.budget_for(ds)
     primary = next(iter(evals.values()), None)
     meta = store.build_metadata(
         red.dataset, method=cell.method, kind=cell.kind, params=red.params, seed=cell.seed,
@@ -45,7 +45,7 @@ def write_and_log(
     row = {
         "method": cell.method,
         "kind": cell.kind,
-        "budget": budget.label(cell.kind),
+        "budget": budget.label(cell.unit),
         "fraction": budget.fraction,
         "ipc": budget.ipc,
         "seed": cell.seed,
@@ -92,24 +92,12 @@ def numeric(values: dict) -> dict[str, float]:
 
 
 def log_gains(rows: list[dict]) -> None:
-    """Log each cell's gain over random (same images, same seed, same recipe) as the metric
-    ``gain_over_random`` of its MLflow run, so the runs table compares it directly."""
-    random = {(r["n_examples"], r["seed"]): r["test_accuracy"] for r in rows
-              if r["method"] == "random" and r.get("test_accuracy") is not None}
-    # training-time methods: their own model against random subsets at the same step budget and schedule
-    random_steps = {(r["budget"], r["seed"], r.get("method_schedule")): r["method_test_accuracy"] for r in rows
-                    if r["method"] == "random_steps" and r.get("method_test_accuracy") is not None}
-    for r in rows:
-        if r["method"] in ("random", "random_steps", "full"):
-            continue
-        if r.get("method_test_accuracy") is not None:
-            own = r["method_test_accuracy"]
-            base = random_steps.get((r["budget"], r["seed"], r.get("method_schedule")))
-        else:
-            own, base = r.get("test_accuracy"), random.get((r["n_examples"], r["seed"]))
-        if own is not None and base is not None:
-            r["gain_over_random"] = own - base
-            tracking.log_metrics(r["run_id"], {"gain_over_random": r["gain_over_random"]})
+    """Log each cell's gain over its baseline on the same seed (``smallset.comparison``: random at the same
+    images and recipe, or random_steps at the same budget and schedule) as the metric ``gain_over_random`` of
+    its MLflow run, so the runs table compares it directly."""
+    for row, gain in comparison.cell_gains(rows):
+        row[comparison.GAIN_METRIC] = gain
+        tracking.log_metrics(row["run_id"], {comparison.GAIN_METRIC: gain})
 
 
 def eval_steps(e: EvalResult) -> int | None:
@@ -121,11 +109,12 @@ def eval_steps(e: EvalResult) -> int | None:
 
 
 def log_run(cell, source, red, evals, path, digest, meta, parent_run_id, row) -> str:
-    budget = cell.budget.for_kind(cell.kind, len(source.train), source.train.num_classes)
+    budget = cell.budget_for(source.train)
     params = {
         "method": cell.method, "kind": cell.kind, "fraction": budget.fraction, "ipc": budget.ipc,
-        "model": cell.options.model, "model_kwargs": cell.options.model_kwargs, "eval_models": ",".join(cell.options.evaluation_models()),
-        "protocol": cell.options.protocol, "eval_augment": cell.options.eval_augment, "eval_runs": cell.options.eval_runs,
+        "model": cell.options.model, "model_kwargs": cell.options.model_kwargs,
+        "eval_models": ",".join(cell.options.evaluation_models()), "protocol": cell.options.protocol,
+        "eval_augment": cell.options.eval_augment, "eval_runs": cell.options.eval_runs,
         "eval_recipe": cell.options.eval_recipe, "normalization": cell.options.normalization,
         "dataset_key": red.dataset.dataset_key,
         "eval_protocol": next(iter(evals.values())).extra.get("recipe") if evals else None,
@@ -146,7 +135,7 @@ def log_run(cell, source, red, evals, path, digest, meta, parent_run_id, row) ->
         else:
             other[k] = v
     tags = {"kind": cell.kind, "method": cell.method, "source": source.id, "smallset.output": str(path)}
-    run_name = f"{cell.method} {budget.label(cell.kind)} seed={cell.seed}"
+    run_name = f"{cell.method} {budget.label(cell.unit)} seed={cell.seed}"
     with tracking.run(source.id, run_name, parent_run_id=parent_run_id, tags=tags) as run_id:
         tracking.log_reduced(run_id, reduced=red.dataset, parquet_path=path, file_digest=digest,
                              params=params, metrics=metrics, tags=tags, metadata=meta)

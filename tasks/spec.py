@@ -9,10 +9,11 @@ data (an ipc above the smallest class, label types) happen in the steps.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from smallset.budget import BudgetUnit
 from smallset.errors import SmallsetError
 from smallset.options import RunOptions
 from smallset.tasks.methods import method_class
@@ -20,24 +21,24 @@ from smallset.tasks.methods import method_class
 
 @dataclass(frozen=True)
 class Budget:
-    """A reduction budget: a fraction of the source for pruning, images per class for distillation."""
+    """A reduction budget, given as a fraction of the source and/or images per class; a method reads it in
+    its own unit (:class:`smallset.budget.BudgetUnit`: a fraction for selectors, ipc for condensers)."""
 
     fraction: float | None = None
     ipc: int | None = None
 
-    def for_kind(self, kind: str, n_examples: int, n_classes: int) -> "Budget":
-        """The same budget in the unit of ``kind``'s methods (matched on the number of images)."""
-        if kind == "prune" and self.fraction is None:
-            return Budget(fraction=min(1.0, self.ipc * n_classes / n_examples), ipc=self.ipc)
-        if kind == "distill" and self.ipc is None:
-            return Budget(fraction=self.fraction, ipc=max(1, round(self.fraction * n_examples / n_classes)))
-        return self
+    def in_unit(self, unit: BudgetUnit, n_examples: int, n_classes: int) -> "Budget":
+        """The same budget with ``unit``'s value filled in (matched on the number of images)."""
+        if self.value(unit) is not None:
+            return self
+        value = unit.convert(self.fraction, self.ipc, n_examples, n_classes)
+        return replace(self, **{unit.name: value})
 
-    def value(self, kind: str) -> float | int:
-        return self.ipc if kind == "distill" else self.fraction
+    def value(self, unit: BudgetUnit) -> float | int | None:
+        return getattr(self, unit.name)
 
-    def label(self, kind: str) -> str:
-        return f"ipc={self.ipc}" if kind == "distill" else f"fraction={self.fraction:g}"
+    def label(self, unit: BudgetUnit) -> str:
+        return unit.label(self.value(unit))
 
 
 @dataclass
@@ -65,18 +66,23 @@ class Cell:
     def seed(self) -> int:
         return self.options.seed
 
+    @property
+    def unit(self) -> BudgetUnit:
+        """How the cell's method counts its budget."""
+        return method_class(self.method).budget_unit
+
+    def budget_for(self, ds) -> Budget:
+        """The cell's budget with its method's unit filled in for the dataset ``ds``."""
+        return self.budget.in_unit(self.unit, len(ds), ds.num_classes)
+
     def method_instance(self):
         return method_class(self.method)(self.config)
 
 
-def check_budget(kind: str, budget: Budget) -> Budget:
-    from smallset.budget import check_fraction, check_ipc_value
-
-    if kind == "prune" and budget.fraction is not None:
-        return Budget(fraction=check_fraction(budget.fraction), ipc=budget.ipc)
-    if kind == "distill" and budget.ipc is not None:
-        check_ipc_value(budget.ipc)
-    return budget
+def check_budget(unit: BudgetUnit, budget: Budget) -> Budget:
+    """The budget's value in ``unit`` checked (when given; it may come from the other unit later)."""
+    value = budget.value(unit)
+    return budget if value is None else replace(budget, **{unit.name: unit.check(value)})
 
 
 def check_options(options: RunOptions) -> None:
@@ -148,7 +154,9 @@ def precheck_cell(method: str, budget: Budget, options: RunOptions, overrides: d
     info = catalog.method_info(method)
     if kind is not None and info["kind"] != kind:
         raise _wrong_kind(method, info["kind"])
-    check_budget(info["kind"], budget)
+    from smallset.budget import BUDGET_UNITS
+
+    check_budget(BUDGET_UNITS[info["budget_unit"]], budget)
     catalog.check_overrides(method, overrides)
     precheck_options(options)
     check_output(output)
@@ -164,8 +172,8 @@ def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: di
     cls = method_class(method)
     if kind is not None and cls.kind != kind:
         raise _wrong_kind(method, cls.kind)
-    budget = check_budget(cls.kind, budget)
-    config = cls.make_config(overrides, budget.ipc if cls.kind == "distill" else None)
+    budget = check_budget(cls.budget_unit, budget)
+    config = cls.make_config(overrides, cls.budget_unit.config_budget(budget.value(cls.budget_unit)))
     check_options(options)
     check_output(output)
     return Cell(method=method, kind=cls.kind, budget=budget, config=config, options=options, output=output,
@@ -174,36 +182,28 @@ def resolve_cell(method: str, budget: Budget, options: RunOptions, overrides: di
 
 def check_source(source: str) -> None:
     """The source string's form and, for local paths, that they exist (no data is read)."""
-    from smallset.tasks.catalog import check_source_type
+    from smallset.tasks.catalog import check_source_type, source_takes_path
 
     if ":" not in source:
         raise SmallsetError(f"Source {source!r} has no type; write TYPE:ARGUMENT, e.g. parquet:data/train.parquet "
                             f"or builtin:mnist-mini.", option="source")
     kind, arg = source.split(":", 1)
     check_source_type(kind)
-    if kind in ("parquet", "folder") and not Path(arg).expanduser().exists():
+    if source_takes_path(kind) and not Path(arg).expanduser().exists():
         raise SmallsetError(f"No such file or directory: {arg}; give an existing path after {kind}:.", option="source")
 
 
 def check_budget_fits(cell: Cell, ds) -> None:
     """The budget checks that need the data, before any preparation: a fraction must keep an example of
     every class, an ipc must not exceed the smallest class."""
-    budget = cell.budget.for_kind(cell.kind, len(ds), ds.num_classes)
-    if cell.kind == "prune":
-        from smallset.prune.base import check_fraction_fits
-
-        check_fraction_fits(budget.fraction, ds.class_counts())
-    else:
-        from smallset.distill.base import check_ipc
-
-        check_ipc(budget.ipc, ds)
+    cell.unit.check_fits(cell.budget_for(ds).value(cell.unit), ds.class_counts())
 
 
 def default_output(source_id: str, cell: Cell, out_dir: str | Path = "smallset-out") -> Path:
     """``OUT_DIR/<source>-<method>-<budget>-s<seed>.parquet``; only safe characters reach the file name."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", source_id.split(":", 1)[-1]).strip("-")[-40:] or "source"
     method = re.sub(r"[^A-Za-z0-9_-]+", "-", cell.method)
-    b = f"ipc{cell.budget.ipc}" if cell.kind == "distill" else f"f{cell.budget.fraction:g}"
+    b = cell.unit.slug(cell.budget.value(cell.unit))
     return Path(out_dir) / f"{slug}-{method}-{b}-s{cell.seed}.parquet"
 
 
@@ -218,20 +218,20 @@ def plan_cells(methods: list[str], budgets: list[Budget], seeds: list[int], opti
     methods, params = with_training_baseline(methods, params)
     cells = []
     for method in methods:
-        kind = method_class(method).kind
+        unit = method_class(method).budget_unit
         seen = set()
         for b in budgets:
-            b = b.for_kind(kind, n_examples, n_classes)
-            if b.value(kind) in seen:
+            b = b.in_unit(unit, n_examples, n_classes)
+            if b.value(unit) in seen:
                 continue
-            seen.add(b.value(kind))
+            seen.add(b.value(unit))
             for seed in seeds:
                 cells.append(resolve_cell(method, b, options.model_copy(update={"seed": seed}),
                                           params.get(method, {})))
     return cells
 
 
-TRAINING_BASELINE = "random_steps"
+from smallset.comparison import TRAINING_BASELINE  # noqa: E402  (the comparison's baseline roles)
 
 
 def training_methods(methods: list[str]) -> list[str]:
@@ -274,9 +274,5 @@ def with_training_baseline(methods: list[str], params: dict[str, dict]) -> tuple
     trainers = training_methods(methods)
     if trainers and TRAINING_BASELINE not in methods:
         options = {k: v for k, v in params.get(trainers[0], {}).items() if k in SCHEDULE_FIELDS}
-        methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
-    return methods, params
-    if TRAINING_BASELINE not in methods:
-        options = {k: v for k, v in params.get(trainers[0], {}).items() if k in schedule_fields()}
         methods, params = [*methods, TRAINING_BASELINE], {**params, TRAINING_BASELINE: options}
     return methods, params

@@ -16,7 +16,7 @@ import torch
 
 from smallset.context import RunContext
 from smallset.data import ImageDataset, Source
-from smallset.method import Reduction
+from smallset.method import Prepared, Reduction
 from smallset.models import resolve_device
 from smallset.tasks.spec import Cell, check_budget_fits
 from smallset.train import EvalResult, Protocol, evaluate, get_protocol
@@ -57,15 +57,15 @@ def needs_prepare(cell: Cell) -> bool:
     return type(cell.method_instance()).has_prepare()
 
 
-def prepare(cell: Cell, ds: ImageDataset) -> tuple[Any, float]:
-    """(prepared, seconds); (None, 0) for methods without a preparation phase."""
+def prepare(cell: Cell, ds: ImageDataset) -> tuple[Prepared | None, float]:
+    """(the prepared state, seconds); (None, 0) for methods without a preparation phase."""
     method = cell.method_instance()
     if not method.has_prepare():
         return None, 0.0
     check_budget_fits(cell, ds)
     t0 = time.perf_counter()
     prepared = method.prepare(ds, context_for(cell, None))
-    return (prepared.cpu() if isinstance(prepared, torch.Tensor) else prepared), time.perf_counter() - t0
+    return prepared.to_cpu(), time.perf_counter() - t0
 
 
 # --- reduce ---------------------------------------------------------------------------------------
@@ -91,22 +91,23 @@ def preflight(cell: Cell, ds: ImageDataset, what: str, budget: float | int | Non
     # A method whose own model covers its working memory (DM, DC, DSA, CAFE: docs/methods/condenser-memory.md)
     # adds no generic batch; other condensers are assumed to hold a 256-image real batch per class.
     whole = budget is not None and type(method).models_working_memory
-    extra = 0 if whole else (256 * ds.num_classes if cell.kind == "distill" else 0)
+    extra = 0 if whole else type(method).assumed_real_batch_per_class * ds.num_classes
     est = estimate.estimate_training(ds, cell.options.model, cell.options.model_kwargs, 0 if whole else 256,
                                      device_for(cell), extra_images=extra, extra_bytes=own)
     sys.stderr.write(f"[smallset] {what}: {est.describe()}\n")
     estimate.check(est, cell.options.force, lower=type(method).memory_options if own else ())
 
 
-def reduce(cell: Cell, source: Source, prepared: Any = None, prepare_seconds: float = 0.0) -> Reduced:
-    """Run the cell's method on the source's training split at the cell's budget."""
+def reduce(cell: Cell, source: Source, prepared: Prepared | None = None, prepare_seconds: float = 0.0) -> Reduced:
+    """Run the cell's method on the source's training split at the cell's budget, from the prepared state
+    (whose run information becomes part of the reduction's)."""
     ds = source.train
     check_budget_fits(cell, ds)
-    budget = cell.budget.for_kind(cell.kind, len(ds), ds.num_classes)
-    preflight(cell, ds, f"{cell.method} {budget.label(cell.kind)}", budget.value(cell.kind))
+    budget = cell.budget_for(ds)
+    preflight(cell, ds, f"{cell.method} {budget.label(cell.unit)}", budget.value(cell.unit))
     method = cell.method_instance()
     t0 = time.perf_counter()
-    out: Reduction = method.reduce(ds, budget.value(cell.kind), context_for(cell, source.test), prepared)
+    out: Reduction = method.reduce(ds, budget.value(cell.unit), context_for(cell, source.test), prepared)
     seconds = time.perf_counter() - t0 + prepare_seconds
     return Reduced(out.dataset, method.params(), seconds, dict(out.info), out.scores, prepare_seconds)
 

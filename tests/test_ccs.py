@@ -10,12 +10,19 @@ from smallset import prune  # noqa: F401  (registers every selector)
 from smallset.context import RunContext
 from smallset.errors import SmallsetError
 from smallset.prune.base import SELECTORS, class_budgets
-from smallset.prune.ccs import (CCSConfig, CCSSelector, allocate_budget, ccs_sample, parse_rates, scorer_names,
-                                stratum_ids, table_beta)
+from smallset.prune.ccs import (
+    CCSConfig,
+    CCSSelector,
+    allocate_budget,
+    ccs_sample,
+    parse_rates,
+    scorer_names,
+    stratum_ids,
+    table_beta,
+)
 from smallset.prune.el2n import EL2NSelector
 from smallset.prune.forgetting import ForgettingSelector
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CTX = dict(model="mlp", model_kwargs={"width": 16})
 
 
@@ -184,8 +191,8 @@ def test_prepare_is_the_scorers_scores_and_the_direction_follows_it(tiny_dataset
     ctx = RunContext(seed=2, **CTX)
     cfg = CCSSelector.make_config({"score": "el2n", "score_options": '{"models": 2, "epochs": 1, "batch_size": 8}'})
     assert cfg.score_options == {"models": 2, "epochs": 1, "batch_size": 8}  # JSON from a command line
-    got = CCSSelector(cfg).prepare(ds, ctx)
-    want = EL2NSelector(EL2NSelector.make_config({"models": 2, "epochs": 1, "batch_size": 8})).prepare(ds, ctx)
+    got = CCSSelector(cfg).prepare(ds, ctx).value
+    want = EL2NSelector(EL2NSelector.make_config({"models": 2, "epochs": 1, "batch_size": 8})).prepare(ds, ctx).value
     assert torch.equal(got, want)
     assert CCSSelector(cfg).prepare_params() == {"score": "el2n",
                                                   "score_options": {"models": 2, "epochs": 1, "batch_size": 8}}
@@ -198,7 +205,8 @@ def test_prepare_is_the_scorers_scores_and_the_direction_follows_it(tiny_dataset
 @pytest.mark.parametrize("overrides,field", [
     ({"score": "random"}, "score"), ({"score": "nope"}, "score"), ({"score_options": "[1, 2]"}, "score_options"),
     ({"score_options": '{"nope": 1}'}, "score_options"), ({"score_options": '{"models": "many"}'}, "score_options"),
-    ({"beta": "0.3x"}, "beta"), ({"beta": "automatic"}, "beta"), ({"beta": "1"}, "beta"), ({"beta": "-0.1"}, "beta"), ({"strata": 0}, "strata"),
+    ({"beta": "0.3x"}, "beta"), ({"beta": "automatic"}, "beta"), ({"beta": "1"}, "beta"), ({"beta": "-0.1"}, "beta"),
+    ({"strata": 0}, "strata"),
     ({"beta_table": "0.9"}, "beta_table"), ({"beta_table": "0.9:1.5"}, "beta_table"),
     ({"search_grid": "a,b"}, "search_grid"), ({"val_fraction": 1.0}, "val_fraction"),
     ({"search_protocol": "slow"}, "search_protocol"),

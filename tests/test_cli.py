@@ -2,10 +2,10 @@
 import json
 
 import pytest
-import torch
 
 from smallset import store
 from smallset.flows.cli import main
+
 from helpers import make_tiny_dataset
 
 

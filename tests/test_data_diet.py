@@ -20,7 +20,6 @@ from smallset.prune.crest import CrestConfig, lr_for_epoch
 from smallset.prune.el2n import EL2NConfig, EL2NSelector, el2n_scores
 from smallset.prune.grand import GraNdConfig, GraNdSelector, grand_scores
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CTX = dict(model="mlp", model_kwargs={"width": 16})
 
 # A two-layer network with known weights: h = relu(W1 x + b1), z = W2 h + b2 (3 classes).
@@ -145,7 +144,7 @@ def test_prepare_averages_the_runs_scores_in_eval_mode(monkeypatch, cls, column)
         return model
 
     monkeypatch.setattr(_scoring, "scoring_run", fake_run)
-    got = cls(cls.config_cls(models=2)).prepare(tiny_known_dataset(), RunContext())
+    got = cls(cls.config_cls(models=2)).prepare(tiny_known_dataset(), RunContext()).value
     want = [(by_hand(X[i], Y[i])[column] + by_hand(X[i], Y[i], **other)[column]) / 2 for i in range(3)]
     assert runs == [0, 1]
     assert got.dtype == torch.float32 and got.tolist() == pytest.approx(want, rel=1e-5)
@@ -154,7 +153,7 @@ def test_prepare_averages_the_runs_scores_in_eval_mode(monkeypatch, cls, column)
 def test_epoch_zero_scores_the_seeded_initialisation(tiny_dataset):
     ds = tiny_dataset(n_per_class=4, num_classes=3)
     ctx = RunContext(seed=4, **CTX)
-    got = EL2NSelector(EL2NConfig(models=2, epochs=0)).prepare(ds, ctx)
+    got = EL2NSelector(EL2NConfig(models=2, epochs=0)).prepare(ds, ctx).value
     from smallset.prune._features import seeded_model
 
     x, y = ds.normalized(), ds.labels
@@ -166,11 +165,11 @@ def test_epoch_zero_scores_the_seeded_initialisation(tiny_dataset):
 def test_scoring_runs_train_reproducibly_and_independently(tiny_dataset):
     ds = tiny_dataset(n_per_class=16, num_classes=3, noise=0.5)
     cfg = EL2NConfig(models=2, epochs=3, batch_size=16, lr=0.05)
-    a = EL2NSelector(cfg).prepare(ds, RunContext(seed=3, **CTX))
-    b = EL2NSelector(cfg).prepare(ds, RunContext(seed=3, **CTX))
+    a = EL2NSelector(cfg).prepare(ds, RunContext(seed=3, **CTX)).value
+    b = EL2NSelector(cfg).prepare(ds, RunContext(seed=3, **CTX)).value
     assert torch.equal(a, b)
-    assert not torch.equal(a, EL2NSelector(cfg).prepare(ds, RunContext(seed=4, **CTX)))
-    init = EL2NSelector(EL2NConfig(models=2, epochs=0)).prepare(ds, RunContext(seed=3, **CTX))
+    assert not torch.equal(a, EL2NSelector(cfg).prepare(ds, RunContext(seed=4, **CTX)).value)
+    init = EL2NSelector(EL2NConfig(models=2, epochs=0)).prepare(ds, RunContext(seed=3, **CTX)).value
     assert float(a.mean()) < float(init.mean())  # three epochs of training lower the error norms
     x, y = ds.normalized(), ds.labels
     m0 = _scoring.scoring_run(ds, RunContext(seed=3, **CTX), cfg, 0, x, y)
@@ -199,8 +198,12 @@ def test_select_without_prepared_scores_prepares_itself(tiny_dataset):
     sel = GraNdSelector(GraNdConfig(models=2, epochs=1, batch_size=8))
     ctx = RunContext(seed=1, **CTX)
     a = sel.select(ds, 0.5, ctx)
-    b = sel.select(ds, 0.5, ctx, prepared=sel.prepare(ds, ctx))
-    assert torch.equal(a.indices, b.indices) and "run_mean_grand" in a.info
+    state = sel.prepare(ds, ctx)
+    b = sel.select(ds, 0.5, ctx, prepared=state)
+    assert torch.equal(a.indices, b.indices)
+    # the runs' information travels in the state, and reduce reports it with the set
+    assert len(state.info["run_mean_grand"]) == 2 and len(state.units) == 2
+    assert sel.reduce(ds, 0.5, ctx, state).info["run_mean_grand"] == state.info["run_mean_grand"]
 
 
 @pytest.mark.parametrize("field,value", [("models", 0), ("epochs", -1), ("batch_size", 0), ("lr", 0.0),

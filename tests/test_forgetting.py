@@ -75,16 +75,17 @@ def test_score_run_is_reproducible_and_counts_are_bounded(tiny_dataset):
     ds = tiny_dataset(n_per_class=16, num_classes=3, noise=0.6)
     cfg = ForgettingConfig(score_epochs=4, batch_size=16)
     sel = ForgettingSelector(cfg)
-    a = sel.prepare(ds, RunContext(seed=3, **CTX))
-    b = ForgettingSelector(cfg).prepare(ds, RunContext(seed=3, **CTX))
+    state = sel.prepare(ds, RunContext(seed=3, **CTX))
+    a = state.value
+    b = ForgettingSelector(cfg).prepare(ds, RunContext(seed=3, **CTX)).value
     assert torch.equal(a, b)
     assert a.shape == (len(ds),) and a.dtype == torch.float32
     assert bool((a >= 0).all()) and bool((a <= 4).all()) and torch.equal(a, a.round())
-    acc = sel.score_info["score_train_accuracy"]
+    acc = state.info["score_train_accuracy"]
     assert len(acc) == 4 and acc[-1] > acc[0]  # the scoring model learns
     # never-learned rule: DeepCore gives 0 where Toneva gives T; elsewhere the two agree
     d = ForgettingSelector(ForgettingConfig(score_epochs=4, batch_size=16, never_learned="deepcore")).prepare(
-        ds, RunContext(seed=3, **CTX))
+        ds, RunContext(seed=3, **CTX)).value
     differ = a != d
     assert bool((a[differ] == 4).all()) and bool((d[differ] == 0).all())
     # select() without scores computes them itself and gives the same subset

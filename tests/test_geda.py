@@ -10,9 +10,22 @@ from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
 from smallset.prune.base import SELECTORS, class_budgets
-from smallset.prune.geda import (GEDAConfig, GEDASelector, _build_problem, cell_sizes, closed_form_counts, ecdf_l1,
-                        ecdf_nodes, full_grad_norms, last_layer_grad_norms, node_counts, solve_counts_milp,
-                        solve_full_milp, trapezoid_objective, trapezoid_weights)
+from smallset.prune.geda import (
+    GEDAConfig,
+    GEDASelector,
+    _build_problem,
+    cell_sizes,
+    closed_form_counts,
+    ecdf_l1,
+    ecdf_nodes,
+    full_grad_norms,
+    last_layer_grad_norms,
+    node_counts,
+    solve_counts_milp,
+    solve_full_milp,
+    trapezoid_objective,
+    trapezoid_weights,
+)
 
 
 def _scored_dataset(scores_per_class: list[torch.Tensor]) -> tuple[ImageDataset, torch.Tensor]:
@@ -171,11 +184,11 @@ def test_gradient_norms_match_autograd(tiny_dataset):
 def test_score_is_reproducible_and_select_without_scores(tiny_dataset):
     ds = tiny_dataset(n_per_class=10, num_classes=3)
     ctx = dict(model="mlp", model_kwargs={"width": 8})
-    a = GEDASelector().prepare(ds, RunContext(seed=1, **ctx))
-    assert torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=1, **ctx)))
-    assert not torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=2, **ctx)))
+    a = GEDASelector().prepare(ds, RunContext(seed=1, **ctx)).value
+    assert torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=1, **ctx)).value)
+    assert not torch.equal(a, GEDASelector().prepare(ds, RunContext(seed=2, **ctx)).value)
     assert a.shape == (len(ds),) and bool((a > 0).all())
-    warm = GEDASelector(GEDAConfig(warmup_epochs=1, batch_size=8)).prepare(ds, RunContext(seed=1, **ctx))
+    warm = GEDASelector(GEDAConfig(warmup_epochs=1, batch_size=8)).prepare(ds, RunContext(seed=1, **ctx)).value
     assert not torch.equal(a, warm)
     s = GEDASelector().select(ds, 0.3, RunContext(seed=1, **ctx))
     assert torch.equal(s.indices, GEDASelector().select(ds, 0.3, RunContext(seed=1, **ctx), prepared=a).indices)

@@ -6,10 +6,10 @@ from smallset import prune  # noqa: F401
 from smallset.context import RunContext
 from smallset.data import ImageDataset
 from smallset.errors import SmallsetError
+from smallset.prune._features import FeatureConfig
 from smallset.prune.base import SELECTORS, class_budgets
 from smallset.prune.herding import HerdingSelector, herding_order
 from smallset.prune.kcenter import KCenterSelector, kcenter_order
-from smallset.prune._features import FeatureConfig
 
 CTX = dict(model="mlp", model_kwargs={"width": 8})
 
@@ -102,13 +102,13 @@ def test_herding_matches_the_mean_and_kcenter_covers_better_than_random():
 
 def test_features_from_the_model(tiny_dataset):
     ds = tiny_dataset(n_per_class=8, num_classes=3)
-    f1 = HerdingSelector().prepare(ds, RunContext(seed=0, **CTX))
+    f1 = HerdingSelector().prepare(ds, RunContext(seed=0, **CTX)).value
     assert f1.shape == (len(ds), 8) and f1.dtype == torch.float32
-    same = KCenterSelector(FeatureConfig(feature_epochs=0)).prepare(ds, RunContext(seed=0, **CTX))
+    same = KCenterSelector(FeatureConfig(feature_epochs=0)).prepare(ds, RunContext(seed=0, **CTX)).value
     assert torch.equal(f1, same)  # same seeded model
     assert KCenterSelector().config.feature_epochs == 5 and HerdingSelector().config.feature_epochs == 0
-    assert not torch.equal(f1, HerdingSelector().prepare(ds, RunContext(seed=1, **CTX)))
-    trained = HerdingSelector(FeatureConfig(feature_epochs=2)).prepare(ds, RunContext(seed=0, **CTX))
+    assert not torch.equal(f1, HerdingSelector().prepare(ds, RunContext(seed=1, **CTX)).value)
+    trained = HerdingSelector(FeatureConfig(feature_epochs=2)).prepare(ds, RunContext(seed=0, **CTX)).value
     assert trained.shape == f1.shape and not torch.equal(trained, f1)
     untrained = KCenterSelector(FeatureConfig(feature_epochs=0))
     sel = untrained.select(ds, 0.25, RunContext(seed=0, **CTX))  # computes features itself

@@ -11,16 +11,22 @@ import torch
 import torch.nn as nn
 
 from smallset.context import RunContext
+from smallset.distill import CONDENSERS, _experts
+from smallset.distill.mtt import (
+    CIFAR10_ROWS,
+    FlatModel,
+    MTTCondenser,
+    MTTConfig,
+    start_epoch_bound,
+    student_batches,
+    trajectory_loss,
+    unroll,
+)
 from smallset.errors import SmallsetError
-from smallset.distill import CONDENSERS
-from smallset.distill import _experts
-from smallset.distill.mtt import (CIFAR10_ROWS, FlatModel, MTTCondenser, MTTConfig, start_epoch_bound,
-                                  student_batches, trajectory_loss, unroll)
+
 from helpers import straight_and_resumed
 
 MODEL_KW = {"width": 8, "depth": 2}
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +78,8 @@ def test_registered_with_the_paper_rows_and_recipe():
         cfg = MTTConfig.for_ipc(ipc)
         assert (cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.lr_img, cfg.lr_lr, cfg.lr_teacher) == \
             CIFAR10_ROWS[row]
-    assert CIFAR10_ROWS[1][:3] == (50, 2, 2) and CIFAR10_ROWS[10][:3] == (30, 2, 20) and CIFAR10_ROWS[50][:3] == (30, 2, 40)
+    assert CIFAR10_ROWS[1][:3] == (50, 2, 2) and CIFAR10_ROWS[10][:3] == (30, 2, 20) and CIFAR10_ROWS[50][:3] == (30,
+                                                                                                                  2, 40)
     # the preparation cache key is exactly the expert recipe (and the shared DSA strategy)
     prep = MTTCondenser().prepare_params()
     assert set(prep) == {"num_experts", "train_epochs", "expert_lr", "expert_batch", "expert_dsa", "dsa_strategy"}
@@ -128,7 +135,8 @@ def test_loss_is_one_without_steps_or_step_size_and_zero_at_the_target():
     theta0 = torch.cat([p.detach().flatten() for p in net.parameters()])
     target = theta0 + 0.05
     zero = torch.tensor(0.0)
-    assert float(trajectory_loss(unroll(model, theta0, x, y, zero, [torch.arange(4)] * 3), theta0, target).detach()) == 1.0
+    assert float(trajectory_loss(unroll(model, theta0, x, y, zero, [torch.arange(4)] * 3), theta0,
+                                 target).detach()) == 1.0
     assert float(trajectory_loss(unroll(model, theta0, x, y, torch.tensor(0.1), []), theta0, target).detach()) == 1.0
     assert float(trajectory_loss(target.clone(), theta0, target)) == 0.0
 
@@ -197,9 +205,9 @@ def test_start_epochs_stay_in_range_and_datm_bound_grows(ds):
 def test_experts_are_cached_and_reused_and_a_recipe_change_misses(ds, cache, monkeypatch):
     trained = count_trainings(monkeypatch)
     m = make()
-    a = m.prepare(ds, ctx())
+    a = m.prepare(ds, ctx()).value
     assert trained == [0, 1]
-    b = make(iterations=9, lr_img=3.0, syn_steps=5).prepare(ds, ctx())  # distillation options: same experts
+    b = make(iterations=9, lr_img=3.0, syn_steps=5).prepare(ds, ctx()).value  # distillation options: same experts
     assert trained == [0, 1] and a == b
     # the layout: manifest + one file per expert, loaded with weights_only only
     d = cache / "experts"
@@ -220,7 +228,7 @@ def test_experts_are_cached_and_reused_and_a_recipe_change_misses(ds, cache, mon
     # a recipe field misses; more experts trains only the missing one; the seed and the model miss
     make(expert_lr=0.02).prepare(ds, ctx())
     assert trained == [0, 1, 0, 1]
-    c = make(num_experts=3).prepare(ds, ctx())
+    c = make(num_experts=3).prepare(ds, ctx()).value
     assert trained == [0, 1, 0, 1, 2] and c.path == a.path and torch.equal(c.load(0), a.load(0))
     make().prepare(ds, ctx(seed=1))
     assert trained[-2:] == [0, 1] and len(trained) == 7
@@ -234,14 +242,15 @@ def test_reduce_uses_the_handed_buffer_and_rebuilds_a_deleted_one(ds, monkeypatc
 
     trained = count_trainings(monkeypatch)
     m = make()
-    buf = m.prepare(ds, ctx())
-    out = m.reduce(ds, 2, ctx(), buf)
+    state = m.prepare(ds, ctx())
+    buf = state.value
+    out = m.reduce(ds, 2, ctx(), state)
     assert trained == [0, 1]
     info = out.info
     assert isinstance(info["learned_lr"], float) and info["expert_manifest"]["experts_used"] == 2
     assert info["expert_manifest"]["key_hash"] == buf.key_hash and info["expert_seconds"] > 0
     shutil.rmtree(buf.path)  # the cache was cleaned behind the pipeline's back
-    again = make().reduce(ds, 2, ctx(), buf)
+    again = make().reduce(ds, 2, ctx(), state)
     assert trained == [0, 1, 0, 1] and again.dataset.same_content(out.dataset)
 
 
@@ -257,7 +266,7 @@ def test_expert_phase_resumes_after_a_crash(ds, tmp_path, monkeypatch):
     """Killed after expert 0 and in the middle of expert 1: the rerun reuses expert 0, continues expert 1
     from its last finished epoch, and every file equals an uninterrupted run's."""
     monkeypatch.setenv(_experts.CACHE_ENV, str(tmp_path / "straight"))
-    straight = make(num_experts=3).prepare(ds, ctx())
+    straight = make(num_experts=3).prepare(ds, ctx()).value
 
     monkeypatch.setenv(_experts.CACHE_ENV, str(tmp_path / "crashed"))
     real_epoch = _experts._Expert.epoch
@@ -282,7 +291,7 @@ def test_expert_phase_resumes_after_a_crash(ds, tmp_path, monkeypatch):
     trained = count_trainings(monkeypatch)
     epochs = []
     monkeypatch.setattr(_experts._Expert, "epoch", lambda self, x, y: epochs.append(1) or real_epoch(self, x, y))
-    resumed = make(num_experts=3).prepare(ds, ctx())
+    resumed = make(num_experts=3).prepare(ds, ctx()).value
     assert trained == [1, 2] and len(epochs) == 2 + 3  # expert 1: epochs 2 and 3 only; expert 2: all three
     assert not (buf_dir / "expert_001.part").exists()
     for i in range(3):
@@ -294,7 +303,7 @@ def test_expert_phase_resumes_after_a_crash(ds, tmp_path, monkeypatch):
 
 
 def test_an_unsafe_or_wrong_expert_file_is_refused(ds):
-    buf = make().prepare(ds, ctx())
+    buf = make().prepare(ds, ctx()).value
     torch.save({"trajectory": torch.zeros(2, 3)}, buf.file(1))
     with pytest.raises(SmallsetError, match="expected trajectory"):
         buf.load(1)
@@ -330,7 +339,8 @@ def test_learned_lr_moves_and_the_paper_recipe_uses_it(ds):
 
 
 def test_the_trajectory_loss_falls(ds):
-    out = make(iterations=30, num_experts=1, lr_img=100.0, lr_lr=0.0, dsa=False, max_start_epoch=1).condense(ds, 2, ctx())
+    out = make(iterations=30, num_experts=1, lr_img=100.0, lr_lr=0.0, dsa=False, max_start_epoch=1).condense(ds, 2,
+                                                                                                             ctx())
     curve = out.info["loss_curve"]
     assert sum(curve[-5:]) < 0.8 * sum(curve[:5])
 

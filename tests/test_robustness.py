@@ -6,20 +6,18 @@ import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from smallset import atomic, store
+from smallset import store
 from smallset.context import RunContext
-from smallset.data import ImageDataset, load_source
+from smallset.data import load_source
 from smallset.errors import SmallsetError, SmallsetWarning
 from smallset.flows.cli import main
-from helpers import make_tiny_dataset, write_hf_parquet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers import make_tiny_dataset, write_hf_parquet
 
 
 @pytest.fixture
@@ -204,6 +202,7 @@ def test_a_nan_loss_stops_the_condenser_at_once():
 
 
 def test_a_selector_with_non_finite_scores_is_refused():
+    from smallset.method import Prepared
     from smallset.prune.base import SELECTORS
 
     cls = SELECTORS.get("forgetting")
@@ -211,7 +210,7 @@ def test_a_selector_with_non_finite_scores_is_refused():
     scores = torch.arange(len(ds), dtype=torch.float32)
     scores[3] = float("nan")
     with pytest.raises(SmallsetError, match=r"forgetting produced non-finite scores .* Lower lr \(now") as e:
-        cls(cls.make_config()).reduce(ds, 0.5, _ctx(), prepared=scores)
+        cls(cls.make_config()).reduce(ds, 0.5, _ctx(), prepared=Prepared(scores))
     assert e.value.option == "lr"
 
 
